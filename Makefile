@@ -1,0 +1,33 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tfcam-installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install test lint demo bench clean
+
+# Reinstall only when the package metadata changes (the install is editable).
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tfcam tests benchmarks
+
+test: lint
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+demo: $(STAMP)
+	$(VENV)/bin/tfcam demo --out runs/demo
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

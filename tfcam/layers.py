@@ -1,0 +1,435 @@
+"""Finding target layers (also inside nested models) and building the capture model.
+
+The capture model maps the user's inputs to the activations of the target layers, the
+model outputs, and the pre-activation ("logit") of each output. It is built once per
+Explainer from the user's own layer objects: weights are shared, nothing is copied and
+no attribute of the user's model or layers is changed.
+
+Nested models (``keras.applications.X(include_top=False)`` used as a layer of an outer
+model) are handled by re-running the outer graph with ``keras.models.clone_model`` and an
+identity ``clone_function``; the nested model's call is replaced, in the *new* graph
+only, by a call of a multi-output view of it that also returns the captured tensors.
+This is why a layer inside a nested model does not raise "Graph disconnected".
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import keras
+from keras import ops
+
+from tfcam.errors import InputTypeError, LayerError, ModelError
+
+__all__ = [
+    "LayerRef",
+    "iter_layers",
+    "spatial_layers",
+    "resolve_layers",
+    "default_layer",
+    "build_capture_model",
+    "output_activation",
+]
+
+logger = logging.getLogger("tfcam")
+
+LayerSpec = Union[str, keras.layers.Layer]
+PATH_SEP = "/"  # never split on dots: nested model names contain them
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """A layer found in a (possibly nested) model.
+
+    Attributes:
+        path: ``"outer_nested/inner_layer"`` style path, joined with ``/``.
+        layer: the user's layer object.
+        parents: the chain of nested models from the top model (excluded) down to the
+            model that directly holds ``layer``.
+    """
+
+    path: str
+    layer: keras.layers.Layer
+    parents: tuple
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+
+def _is_model(layer: Any) -> bool:
+    return isinstance(layer, keras.Model)
+
+
+def iter_layers(model: keras.Model, _prefix: str = "", _parents: tuple = ()) -> Iterator[LayerRef]:
+    """Yields every layer of ``model`` in order, descending into nested models."""
+    for layer in model.layers:
+        path = f"{_prefix}{layer.name}"
+        yield LayerRef(path, layer, _parents)
+        if _is_model(layer):
+            yield from iter_layers(layer, path + PATH_SEP, _parents + (layer,))
+
+
+def _output_shape(layer: keras.layers.Layer) -> tuple | None:
+    try:
+        out = layer.output
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    if isinstance(out, (list, tuple)):
+        return None
+    try:
+        return tuple(out.shape)
+    except AttributeError:
+        return None
+
+
+def _input_rank(model: keras.Model, input_index: int = 0) -> int:
+    inputs = model.inputs
+    return len(inputs[input_index].shape)
+
+
+def spatial_layers(model: keras.Model, input_index: int = 0) -> list[LayerRef]:
+    """Layers whose output has the input's spatial rank, last first.
+
+    For image inputs ``(N, H, W, C)`` these are the layers with a 4-D output.
+    """
+    rank = _input_rank(model, input_index)
+    found = []
+    for ref in iter_layers(model):
+        if isinstance(ref.layer, keras.layers.InputLayer):
+            continue
+        shape = _output_shape(ref.layer)
+        if shape is not None and len(shape) == rank and rank >= 3:
+            found.append(ref)
+    return found[::-1]
+
+
+def _describe(refs: Sequence[LayerRef], limit: int = 12) -> str:
+    names = [r.path for r in refs[:limit]]
+    more = "" if len(refs) <= limit else f", ... ({len(refs) - limit} more)"
+    return ", ".join(repr(n) for n in names) + more
+
+
+def _check_model(model: Any) -> keras.Model:
+    if not isinstance(model, keras.Model):
+        raise InputTypeError(
+            "Expected `model` to be a Keras 3 `keras.Model` (Sequential, Functional or "
+            f"a built subclassed model). Received: model={type(model).__name__}"
+        )
+    try:
+        model.inputs  # noqa: B018 - raises for models without a graph
+    except (AttributeError, ValueError) as err:
+        raise ModelError(
+            "The model has no symbolic inputs, so its intermediate activations cannot be "
+            "read without changing it. This happens with subclassed models and with "
+            "Sequential models that were never built on an input shape. Build it "
+            "(e.g. `keras.Sequential([keras.Input(shape), ...])`) or rewrite the "
+            "subclassed model with the Functional API. "
+            f"Received: model={model.name!r} ({type(model).__name__})"
+        ) from err
+    if not model.inputs:
+        raise ModelError(
+            "The model has no symbolic inputs (a subclassed or unbuilt model). Build it with "
+            f"the Functional API or with a `keras.Input`. Received: model={model.name!r}"
+        )
+    return model
+
+
+def default_layer(model: keras.Model, input_index: int = 0) -> LayerRef:
+    """The last layer with a spatial output that is not an output layer of the model."""
+    _check_model(model)
+    output_ops = {id(t._keras_history.operation) for t in model.outputs}
+    candidates = spatial_layers(model, input_index)
+    for ref in candidates:
+        if not ref.parents and id(ref.layer) in output_ops:
+            continue  # the head itself (e.g. a segmentation output); look before it
+        if _is_model(ref.layer):
+            continue  # prefer a concrete layer to a whole nested model
+        return ref
+    if candidates:
+        return candidates[0]
+    raise LayerError(
+        "Found no layer with a spatial output (rank "
+        f"{_input_rank(model, input_index)} like the input) to explain. Pass `layer=` "
+        "explicitly, or, for token-sequence models, a `reshape` hook. "
+        f"Received: model={model.name!r}"
+    )
+
+
+def _resolve_one(model: keras.Model, spec: LayerSpec, input_index: int) -> LayerRef:
+    all_refs = list(iter_layers(model))
+    if isinstance(spec, keras.layers.Layer):
+        for ref in all_refs:
+            if ref.layer is spec:
+                return _check_spatial(model, ref, input_index)
+        raise LayerError(
+            "The layer object is not part of the model (nor of a model nested in it). "
+            f"Pass a layer of this model or its name. Received: layer={spec.name!r}"
+        )
+    if not isinstance(spec, str):
+        raise InputTypeError(
+            "Expected `layer` to be a layer name, a `keras.layers.Layer`, a list of them, "
+            f"or None. Received: layer={spec!r} (type {type(spec).__name__})"
+        )
+    by_path = [r for r in all_refs if r.path == spec]
+    if by_path:
+        return _check_spatial(model, by_path[0], input_index)
+    by_name = [r for r in all_refs if r.name == spec]
+    if len(by_name) == 1:
+        return _check_spatial(model, by_name[0], input_index)
+    if len(by_name) > 1:
+        raise LayerError(
+            f"Layer name {spec!r} exists in several nested models; use its full path. "
+            f"Candidates: {_describe(by_name)}. Received: layer={spec!r}"
+        )
+    spatial = spatial_layers(model, input_index)
+    close = difflib.get_close_matches(spec, [r.path for r in all_refs] + [r.name for r in all_refs], n=3)
+    hint = f" Close matches: {close}." if close else ""
+    raise LayerError(
+        f"No layer named {spec!r} in model {model.name!r}.{hint} Layers with a spatial "
+        f"output, last first: {_describe(spatial)}. Received: layer={spec!r}"
+    )
+
+
+def _check_spatial(model: keras.Model, ref: LayerRef, input_index: int) -> LayerRef:
+    shape = _output_shape(ref.layer)
+    rank = _input_rank(model, input_index)
+    if shape is None or len(shape) < 3:
+        spatial = spatial_layers(model, input_index)
+        raise LayerError(
+            f"Layer {ref.path!r} has no spatial axes (output shape {shape}); a CAM needs "
+            f"activations shaped (batch, *spatial, channels). Spatial layers, last first: "
+            f"{_describe(spatial)}. Received: layer={ref.path!r}"
+        )
+    if len(shape) != rank:
+        logger.info(
+            "Layer %r has output rank %d but the input has rank %d; maps are resized to "
+            "the input's spatial size.", ref.path, len(shape), rank
+        )
+    return ref
+
+
+def resolve_layers(
+    model: keras.Model, layer: LayerSpec | Sequence[LayerSpec] | None, input_index: int = 0
+) -> list[LayerRef]:
+    """Resolves ``layer`` (None, a name/path, a Layer, or a list of them) to LayerRefs."""
+    _check_model(model)
+    if layer is None:
+        return [default_layer(model, input_index)]
+    specs = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    if not specs:
+        raise LayerError("Expected at least one layer. Received: layer=[]")
+    return [_resolve_one(model, s, input_index) for s in specs]
+
+
+# --------------------------------------------------------------------------- logits
+
+_SQUASHING = {"softmax", "sigmoid", "log_softmax"}
+
+
+def output_activation(layer: keras.layers.Layer) -> str | None:
+    """Name of the squashing activation a layer ends with (softmax/sigmoid), or None."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    act = getattr(layer, "activation", None)
+    name = getattr(act, "__name__", None)
+    return name if name in _SQUASHING else None
+
+
+def _pre_activation(layer: keras.layers.Layer, args: tuple, kwargs: dict):
+    """The value a squashing output layer computes before its activation, or None.
+
+    Recomputed from the layer's own weights on its input, so the model is untouched.
+    """
+    x = args[0] if args else next(iter(kwargs.values()))
+    if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
+        return x
+    if isinstance(layer, keras.layers.Dense):
+        z = ops.matmul(x, ops.cast(layer.kernel, x.dtype))
+        if layer.use_bias:
+            z = z + ops.cast(layer.bias, x.dtype)
+        return z
+    conv_op = getattr(layer, "convolution_op", None)
+    if conv_op is not None and hasattr(layer, "kernel"):
+        z = conv_op(x, ops.cast(layer.kernel, x.dtype))
+        if getattr(layer, "use_bias", False):
+            bias = ops.cast(layer.bias, x.dtype)
+            if getattr(layer, "data_format", "channels_last") == "channels_first":
+                bias = ops.reshape(bias, (1, -1) + (1,) * (len(z.shape) - 2))
+            z = z + bias
+        return z
+    return None
+
+
+# --------------------------------------------------------------------------- capture
+
+
+def _as_functional(model: keras.Model) -> keras.Model:
+    """A Functional view of a Sequential model, calling the user's own layers."""
+    if isinstance(model, keras.Sequential):
+        inp = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
+        x = inp
+        for layer in model.layers:
+            x = layer(x)
+        return keras.Model(inp, x, name=model.name)
+    return model
+
+
+def _contains(model: keras.Model, layer: keras.layers.Layer) -> bool:
+    return any(ref.layer is layer for ref in iter_layers(model))
+
+
+class _Capture:
+    """Rebuilds a model's graph from its own layers, capturing tensors on the way."""
+
+    def __init__(self, targets: Sequence[keras.layers.Layer], want_logits: bool):
+        self.targets = list(targets)
+        self.want_logits = want_logits
+
+    def run(self, model: keras.Model, inputs: Any) -> tuple[list, dict, list]:
+        """Runs ``model``'s graph on symbolic ``inputs``.
+
+        Returns:
+            (outputs, captured {id(layer): tensor}, logits per output or None).
+        """
+        model = _as_functional(model)
+        captured: dict[int, Any] = {}
+        out_ops = [t._keras_history.operation for t in model.outputs]
+        logits: dict[int, Any] = {}
+        targets = self.targets
+
+        def call_function(layer, *args, **kwargs):
+            is_output = any(layer is op for op in out_ops)
+            inner_targets = [t for t in targets if _is_model(layer) and _contains(layer, t)]
+            if _is_model(layer) and (inner_targets or (is_output and self.want_logits)):
+                sub_in = args[0] if args else next(iter(kwargs.values()))
+                sub = _Capture(inner_targets, self.want_logits and is_output)
+                out, cap, sub_logits = sub.run(layer, sub_in)
+                captured.update(cap)
+                result = out[0] if len(out) == 1 else out
+                if is_output and sub_logits and sub_logits[0] is not None:
+                    logits[id(layer)] = sub_logits[0]
+            else:
+                result = layer(*args, **kwargs)
+                if is_output and self.want_logits and output_activation(layer):
+                    pre = _pre_activation(layer, args, kwargs)
+                    if pre is None:
+                        logger.warning(
+                            "Cannot recompute the pre-activation of output layer %r (%s); "
+                            "explaining its activated output instead.",
+                            layer.name, type(layer).__name__,
+                        )
+                    else:
+                        logits[id(layer)] = pre
+            for t in targets:
+                if layer is t:
+                    captured[id(t)] = result
+            return result
+
+        if not hasattr(model, "_run_through_graph"):
+            raise ModelError(
+                "Only Functional and Sequential models (and models nested in them) expose "
+                f"a graph tfcam can read. Received: model={model.name!r} "
+                f"({type(model).__name__})"
+            )
+        clone = keras.models.clone_model(
+            model,
+            input_tensors=inputs,
+            clone_function=lambda layer: layer,  # share the user's layers and weights
+            call_function=call_function,
+        )
+        outputs = list(clone.outputs)
+        out_logits = [logits.get(id(op)) for op in out_ops]
+        return outputs, captured, out_logits
+
+
+@dataclass
+class CaptureModel:
+    """Inputs -> activations of the target layers, outputs, logits (or outputs)."""
+
+    model: keras.Model
+    n_layers: int
+    n_outputs: int
+    has_logits: tuple
+
+    def __call__(self, x) -> tuple[list, list, list]:
+        flat = self.model(x, training=False)
+        flat = list(flat) if isinstance(flat, (list, tuple)) else [flat]
+        acts = flat[: self.n_layers]
+        outs = flat[self.n_layers : self.n_layers + self.n_outputs]
+        logits = flat[self.n_layers + self.n_outputs :]
+        return acts, outs, logits
+
+
+def build_capture_model(
+    model: keras.Model, layers: Sequence[LayerRef], want_logits: bool = True
+) -> CaptureModel:
+    """Builds (once) the model inputs -> [activations..., outputs..., logits...]."""
+    _check_model(model)
+    fmodel = _as_functional(model)
+    inputs = [
+        keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"tfcam_in_{i}")
+        for i, t in enumerate(fmodel.inputs)
+    ]
+    struct = inputs[0] if len(inputs) == 1 and not isinstance(fmodel.input, (list, tuple, dict)) else inputs
+    if isinstance(fmodel.input, dict):
+        struct = {k: inp for k, inp in zip(fmodel.input.keys(), inputs)}
+    cap = _Capture([r.layer for r in layers], want_logits)
+    outputs, captured, logits = cap.run(fmodel, struct)
+    acts = []
+    for ref in layers:
+        if id(ref.layer) not in captured:
+            raise LayerError(
+                f"Layer {ref.path!r} is not on a path from the model's inputs to its outputs, "
+                f"so it cannot be explained. Received: layer={ref.path!r}"
+            )
+        acts.append(captured[id(ref.layer)])
+    has_logits = tuple(lg is not None for lg in logits)
+    logit_tensors = [lg if lg is not None else out for lg, out in zip(logits, outputs)]
+    flat = acts + outputs + logit_tensors
+    cm = keras.Model(inputs if len(inputs) > 1 else inputs[0], flat, name=f"tfcam_capture_{model.name}")
+    return CaptureModel(cm, len(acts), len(outputs), has_logits)
+
+
+_PASS_THROUGH = (keras.layers.Dropout, keras.layers.Flatten, keras.layers.Identity)
+_GAP = (
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalAveragePooling3D,
+)
+
+
+def _producer(tensor):
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else history.operation
+
+
+def find_cam_head(model: keras.Model, ref: LayerRef, output_index: int = 0):
+    """The Dense kernel ``(C, K)`` of a ``layer -> GlobalAveragePooling -> Dense`` head.
+
+    Raises:
+        MethodError: when the model's head is not of that form (CAM does not apply).
+    """
+    from tfcam.errors import MethodError
+
+    head = _producer(model.outputs[output_index])
+    ok = isinstance(head, keras.layers.Dense)
+    op = _producer(head.input) if ok else None
+    while isinstance(op, _PASS_THROUGH):
+        op = _producer(op.input)
+    ok = ok and isinstance(op, _GAP)
+    if ok:
+        src = _producer(op.input)
+        ok = src is ref.layer or (src is not None and ref.parents and src is ref.parents[0]
+                                  and _producer(ref.parents[0].outputs[0]) is ref.layer)
+    if not ok:
+        raise MethodError(
+            "CAM needs the target layer to be followed by global average pooling and a Dense "
+            "output layer (Zhou et al. 2016). Use method='gradcam', which generalizes CAM to "
+            f"any head. Received: layer={ref.path!r}, output layer={getattr(head, 'name', head)!r}"
+        )
+    return head.kernel

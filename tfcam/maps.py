@@ -1,0 +1,65 @@
+"""Post-processing shared by every method: ReLU, resize to the input, min-max normalize.
+
+Pure TensorFlow so it runs inside the compiled step (bilinear resize compiles under XLA;
+bicubic does not). Maps are ``(N, *S)`` with spatial rank 1, 2 or 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+__all__ = ["normalize_maps", "resize_maps", "postprocess", "combine_layers"]
+
+
+def normalize_maps(maps: tf.Tensor) -> tf.Tensor:
+    """Per-example min-max normalization to [0, 1]; a constant map becomes all zeros."""
+    axes = list(range(1, len(maps.shape)))
+    lo = tf.reduce_min(maps, axis=axes, keepdims=True)
+    hi = tf.reduce_max(maps, axis=axes, keepdims=True)
+    return tf.math.divide_no_nan(maps - lo, hi - lo)
+
+
+def resize_maps(maps: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+    """Bilinear (linear / trilinear) resize with half-pixel centres, as tf.image.resize.
+
+    Args:
+        maps: ``(N, *S)`` with ``len(S)`` in (1, 2, 3).
+        size: the target spatial shape, ``len(size) == len(S)``.
+    """
+    rank = len(maps.shape) - 1
+    size = [int(s) for s in size]
+    if list(maps.shape[1:]) == size:
+        return maps
+    if rank == 2:
+        return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
+    if rank == 1:
+        out = tf.image.resize(maps[:, None, :, None], [1, size[0]], method="bilinear")
+        return out[:, 0, :, 0]
+    if rank == 3:
+        # Separable trilinear: resize (H, W) per depth slice, then (D) with the rest flattened
+        # (a width-preserving bilinear resize is the identity along that axis).
+        n = tf.shape(maps)[0]
+        d, h, w = maps.shape[1], maps.shape[2], maps.shape[3]
+        hw = tf.image.resize(tf.reshape(maps, [-1, h, w, 1]), size[1:], method="bilinear")
+        hw = tf.reshape(hw, [n, d, size[1] * size[2], 1])
+        out = tf.image.resize(hw, [size[0], size[1] * size[2]], method="bilinear")
+        return tf.reshape(out, [n] + size)
+    raise ValueError(f"Maps must have 1, 2 or 3 spatial axes. Received: shape {maps.shape}")
+
+
+def postprocess(maps: tf.Tensor, size: Sequence[int] | None, normalize: bool) -> tf.Tensor:
+    """ReLU, then resize (if ``size``), then normalize (if asked): methods.md's order."""
+    maps = tf.nn.relu(maps)
+    if size is not None:
+        maps = resize_maps(maps, size)
+    return normalize_maps(maps) if normalize else maps
+
+
+def combine_layers(per_layer: Sequence[tf.Tensor], normalize: bool) -> tf.Tensor:
+    """Several layers: average their (normalized, input-size) maps, then normalize again."""
+    if len(per_layer) == 1:
+        return per_layer[0]
+    mean = tf.add_n(list(per_layer)) / float(len(per_layer))
+    return normalize_maps(mean) if normalize else mean

@@ -1,0 +1,80 @@
+"""The method registry: one entry per method, looked up by name or alias."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tfcam.errors import InputTypeError, MethodError
+
+__all__ = ["Method", "register", "get_method", "method_names", "REGISTRY"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered explanation method.
+
+    Attributes:
+        name: the canonical name users type (e.g. ``"gradcam++"``).
+        fn: for ``kind="cam"``, a pure TensorFlow function
+            ``fn(activations, gradients, scores, **extras)`` of tensors shaped
+            ``(N, *S, C)``, ``(N, *S, C)`` and ``(N,)`` returning channel weights
+            ``(N, C)`` (``returns="weights"``) or a map ``(N, *S)`` (``returns="map"``).
+            For other kinds, a runner the engine calls (see the family's module).
+        returns: ``"weights"`` or ``"map"``.
+        needs_gradients: False for gradient-free methods (no backward pass is built).
+        extras: names of extra tensors ``fn`` takes as keyword arguments
+            (``"head_weights"``: the classifier row of each example's class).
+        kind: ``"cam"`` for methods computed in the engine's single forward/backward
+            pass from the target layer's activations and gradients.
+        paper: citation shown in docs and errors.
+        aliases: other spellings accepted.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    returns: str = "weights"
+    needs_gradients: bool = True
+    extras: frozenset = field(default_factory=frozenset)
+    kind: str = "cam"
+    paper: str = ""
+    aliases: tuple = ()
+
+
+REGISTRY: dict[str, Method] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "").replace(" ", "")
+
+
+def register(method: Method) -> Method:
+    """Adds a method to the registry (one line per method in its module)."""
+    if method.returns not in ("weights", "map"):
+        raise MethodError(f"returns must be 'weights' or 'map'. Received: returns={method.returns!r}")
+    REGISTRY[method.name] = method
+    for alias in (method.name,) + tuple(method.aliases):
+        _ALIASES[_key(alias)] = method.name
+    return method
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    """Looks a method up by name or alias (case, '-' and '_' insensitive)."""
+    if not isinstance(name, str):
+        raise InputTypeError(f"Expected a method name (str). Received: method={name!r}")
+    canonical = _ALIASES.get(_key(name))
+    if canonical is None:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise MethodError(
+            f"Unknown method {name!r}.{hint} Available (tfcam.METHODS): {list(REGISTRY)}. "
+            f"Received: method={name!r}"
+        )
+    return REGISTRY[canonical]

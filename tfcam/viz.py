@@ -1,0 +1,190 @@
+"""Colormaps as lookup tables in TensorFlow, overlays, and matplotlib grids.
+
+The lookup tables (256 RGB entries each) were sampled once from matplotlib's colormaps
+and ship in ``colormaps.npz``, so colorizing needs no matplotlib and runs as one
+``tf.gather`` (inside a compiled step or on a GPU). Any other matplotlib colormap name
+works too when matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfcam.errors import InputError, InputTypeError
+
+__all__ = ["COLORMAPS", "colormap_lut", "colorize", "to_uint8_images", "overlay", "plot"]
+
+_LUT_FILE = os.path.join(os.path.dirname(__file__), "colormaps.npz")
+
+
+@functools.cache
+def _bundled() -> dict[str, np.ndarray]:
+    with np.load(_LUT_FILE) as data:
+        return {k: data[k] for k in data.files}
+
+
+#: Colormaps available without matplotlib.
+COLORMAPS: tuple[str, ...] = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "gray", "hot",
+                              "coolwarm", "rdbu_r", "bwr", "cividis")
+
+
+@functools.cache
+def colormap_lut(name: str) -> np.ndarray:
+    """The ``(256, 3)`` uint8 lookup table of a colormap.
+
+    Raises:
+        InputError: unknown colormap (and matplotlib does not know it either).
+    """
+    if not isinstance(name, str):
+        raise InputTypeError(f"Expected a colormap name. Received: colormap={name!r}")
+    lut = _bundled().get(name.lower())
+    if lut is not None:
+        return lut
+    try:
+        import matplotlib  # lazy: only for colormaps we do not ship
+
+        cmap = matplotlib.colormaps[name]
+    except (ImportError, KeyError) as err:
+        raise InputError(
+            f"Unknown colormap {name!r}. Built in: {list(COLORMAPS)} (any matplotlib name "
+            f"works when matplotlib is installed). Received: colormap={name!r}"
+        ) from err
+    return np.round(cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def _lut_colorize(maps: tf.Tensor, lut: np.ndarray) -> tf.Tensor:
+    idx = tf.cast(tf.round(tf.clip_by_value(tf.cast(maps, tf.float32), 0.0, 1.0) * 255.0), tf.int32)
+    return tf.gather(tf.constant(lut), idx)
+
+
+def colorize(maps: Any, colormap: str = "jet") -> np.ndarray:
+    """Maps in [0, 1] ``(N, H, W)`` (any spatial rank) -> RGB uint8 ``(N, H, W, 3)``.
+
+    Values outside [0, 1] are clipped; entry ``round(255 * v)`` of the table is used.
+    """
+    return _lut_colorize(tf.convert_to_tensor(maps), colormap_lut(colormap)).numpy()
+
+
+def to_uint8_images(images: Any) -> np.ndarray:
+    """Images (uint8, or floats in [0, 1], [0, 255] or any range) -> uint8 RGB.
+
+    Floats within [0, 1] are scaled by 255; within [0, 255] taken as is; otherwise
+    (e.g. ImageNet-preprocessed inputs) each image is min-max scaled. Grayscale images
+    (1 channel or none) are repeated to RGB; extra channels beyond 3 are dropped.
+    """
+    x = images.numpy() if isinstance(images, tf.Tensor) else np.asarray(images)
+    if x.dtype.kind not in "biuf":
+        raise InputTypeError(f"Expected numeric images. Received: images.dtype={x.dtype}")
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise InputError(f"Expected images shaped (N, H, W[, C]). Received: images.shape={x.shape}")
+    if x.dtype == np.uint8:
+        out = x
+    else:
+        x = x.astype(np.float32)
+        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+        if lo >= 0.0 and hi <= 1.0:
+            out = x * 255.0
+        elif lo >= 0.0 and hi <= 255.0:
+            out = x
+        else:
+            mn = x.min(axis=(1, 2, 3), keepdims=True)
+            mx = x.max(axis=(1, 2, 3), keepdims=True)
+            out = np.divide(x - mn, mx - mn, out=np.zeros_like(x), where=(mx - mn) > 0) * 255.0
+        out = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    c = out.shape[-1]
+    if c == 1:
+        out = np.repeat(out, 3, axis=-1)
+    elif c == 2:
+        out = np.concatenate([out, out[..., :1]], axis=-1)
+    elif c > 3:
+        out = out[..., :3]
+    return out
+
+
+def overlay(images: Any, maps: Any, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
+    """Heatmaps blended over images: ``(1 - alpha) * image + alpha * colorize(map)``.
+
+    Args:
+        images: ``(N, H, W, C)`` uint8 or float images (see ``to_uint8_images``).
+        maps: ``(N, H, W)`` maps in [0, 1] at the images' size (as an Explainer returns).
+        colormap: a name from ``COLORMAPS`` (or any matplotlib colormap).
+        alpha: heatmap opacity in [0, 1].
+
+    Returns:
+        ``(N, H, W, 3)`` uint8 RGB.
+
+    Example:
+
+    >>> views = tfcam.overlay(images, explainer(images), colormap="jet", alpha=0.4)
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise InputError(f"Expected alpha in [0, 1]. Received: alpha={alpha!r}")
+    img = to_uint8_images(images)
+    m = maps.numpy() if isinstance(maps, tf.Tensor) else np.asarray(maps)
+    if m.ndim == 2 and img.shape[0] == 1:
+        m = m[None]
+    if m.shape != img.shape[:3]:
+        raise InputError(
+            f"Expected maps shaped {img.shape[:3]} (one map per image at the image size). "
+            f"Received: maps.shape={m.shape}"
+        )
+    heat = colorize(m, colormap).astype(np.float32)
+    blended = (1.0 - alpha) * img.astype(np.float32) + alpha * heat
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def plot(
+    images: Any,
+    maps: Any | None = None,
+    *,
+    colormap: str = "jet",
+    alpha: float = 0.4,
+    titles: Sequence[str] | None = None,
+    max_rows: int = 8,
+):
+    """A matplotlib figure with one row per image: image | heatmap | overlay.
+
+    With ``maps=None`` the images alone are drawn in a grid (e.g. feature maps).
+
+    Returns:
+        The ``matplotlib.figure.Figure`` (matplotlib is imported lazily).
+    """
+    import matplotlib.pyplot as plt
+
+    img = to_uint8_images(images)[:max_rows]
+    n = img.shape[0]
+    if maps is None:
+        cols = min(8, n)
+        rows = int(np.ceil(n / cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2 * rows), squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if i < n:
+                ax.imshow(img[i])
+                if titles is not None and i < len(titles):
+                    ax.set_title(titles[i], fontsize=8)
+        fig.tight_layout()
+        return fig
+    m = np.asarray(maps)[:max_rows]
+    views = overlay(img, m, colormap=colormap, alpha=alpha)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(img[i])
+        axes[i, 1].imshow(m[i], cmap=colormap if colormap != "rdbu_r" else "RdBu_r", vmin=0, vmax=1)
+        axes[i, 2].imshow(views[i])
+        for ax in axes[i]:
+            ax.axis("off")
+        if titles is not None and i < len(titles):
+            axes[i, 0].set_title(titles[i], fontsize=9)
+    axes[0, 1].set_title("heatmap", fontsize=9)
+    axes[0, 2].set_title("overlay", fontsize=9)
+    fig.tight_layout()
+    return fig
