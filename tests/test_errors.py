@@ -118,3 +118,8 @@ def test_no_assert_in_library():
     root = pathlib.Path(tfcam.__file__).parent
     offenders = [p for p in root.rglob("*.py") if re.search(r"^\s*assert\b", p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_unknown_option(cnn):
+    with pytest.raises(tfcam.InputError, match="Unknown option"):
+        tfcam.Explainer(cnn, top_kk=3)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -22,10 +23,10 @@ import tensorflow as tf
 from tfcam import maps as maps_ops
 from tfcam.errors import InputError, InputTypeError, MethodError, TargetError
 from tfcam.layers import LayerRef, LayerSpec, build_capture_model, find_cam_head, resolve_layers
-from tfcam.methods import Method, get_method
+from tfcam.methods import REGISTRY, Method, get_method
 from tfcam.targets import Target, TargetSpec, as_target
 
-__all__ = ["Explainer", "Explanation"]
+__all__ = ["Explainer", "Explanation", "RunContext"]
 
 logger = logging.getLogger("tfcam")
 
@@ -43,6 +44,32 @@ class Explanation(dict):
 
     predictions: np.ndarray
     scores: np.ndarray
+
+
+@dataclass
+class RunContext:
+    """What a ``kind="runner"`` method receives for one batch.
+
+    Attributes:
+        explainer: the Explainer (``explainer.forward``, ``explainer.score_function``,
+            ``explainer.batch_size``, ``explainer.layer_names`` ...).
+        x: the input batch (tensor).
+        target: the Target; ``arrays``: its per-example tensors for this batch.
+        options: the Explainer's method options.
+        verbose: 1 to show a progress bar for long runs, 0 for none.
+    """
+
+    explainer: Explainer
+    x: tf.Tensor
+    target: Target
+    arrays: tuple
+    options: dict
+    verbose: int = 1
+
+    def scores(self, x: tf.Tensor, arrays: tuple | None = None) -> tf.Tensor:
+        """Target scores ``(len(x),)`` of a batch of inputs (compiled, cached)."""
+        return self.explainer.score_function(self.target, self.arrays if arrays is None else arrays)(
+            x, self.arrays if arrays is None else arrays)
 
 
 def _gpu_available() -> bool:
@@ -69,6 +96,8 @@ class Explainer:
         batch_size: examples per compiled call; bounds memory.
         jit_compile: compile the step with XLA. None: only when a GPU is visible.
         run_eagerly: run the step eagerly (debugging; same numbers, slower).
+        **options: method options (e.g. ``top_k=32`` for Score-CAM); each method lists
+            the options it reads, and unknown ones are rejected.
 
     Example:
 
@@ -92,6 +121,7 @@ class Explainer:
         batch_size: int = 32,
         jit_compile: bool | None = None,
         run_eagerly: bool = False,
+        **options: Any,
     ):
         if score not in _SCORES:
             raise InputError(f"Expected score to be one of {_SCORES}. Received: score={score!r}")
@@ -111,6 +141,17 @@ class Explainer:
         self._steps: dict[Any, Any] = {}
         self._trace_count = 0
         self._head_kernels: dict[int, Any] = {}
+        known = sorted({o for m in REGISTRY.values() for o in m.options})
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise InputError(
+                f"Unknown option(s) {unknown}. Options methods accept: {known}. "
+                f"Received: {', '.join(f'{k}={options[k]!r}' for k in unknown)}"
+            )
+        self.options: dict[str, Any] = dict(options)
+        self._forward = None
+        self._score_fns: dict[Any, Any] = {}
+        self._post_fns: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -194,43 +235,104 @@ class Explainer:
             self._head_kernels[li] = find_cam_head(self.model, self._layers[li], self._output_index)
         return self._head_kernels[li]
 
+    def _compile(self, fn, input_signature):
+        if self.run_eagerly:
+            return fn
+        # autograph=False: the step has no data-dependent Python control flow, and our own
+        # errors raised while tracing must reach the user unwrapped.
+        return tf.function(fn, input_signature=input_signature, jit_compile=self.jit_compile,
+                           autograph=False, reduce_retracing=True)
+
+    def _x_spec(self) -> tf.TensorSpec:
+        spec = self.model.inputs[0]
+        return tf.TensorSpec((None,) + tuple(spec.shape[1:]), spec.dtype)
+
+    @staticmethod
+    def _arrays_spec(arrays) -> tuple:
+        return tuple(tf.TensorSpec((None,) + tuple(a.shape[1:]), tf.as_dtype(a.dtype)) for a in arrays)
+
+    def _select(self, outs, logits):
+        sel = logits[self._output_index] if self.score == "logit" else outs[self._output_index]
+        return tf.cast(sel, tf.float32)
+
+    def _channels_last(self, li: int, t: tf.Tensor) -> tf.Tensor:
+        if getattr(self._layers[li].layer, "data_format", None) == "channels_first":
+            return tf.transpose(t, [0] + list(range(2, len(t.shape))) + [1])
+        return t
+
+    def forward(self, x: tf.Tensor) -> tuple[list, list, list]:
+        """Compiled forward pass: (activations (channels-last, float32), outputs, logits)."""
+        if self._forward is None:
+            def fwd(x):
+                acts, outs, logits = self._capture(x)
+                acts = [self._channels_last(i, tf.cast(a, tf.float32)) for i, a in enumerate(acts)]
+                return acts, outs, logits
+            self._forward = self._compile(fwd, [self._x_spec()])
+        return self._forward(x)
+
+    def score_function(self, target: Target, arrays: tuple):
+        """A compiled ``(x, arrays) -> (N,)`` target score of any input batch (cached)."""
+        key = (target.trace_key, tuple((tuple(a.shape[1:]), a.dtype) for a in arrays))
+        fn = self._score_fns.get(key)
+        if fn is None:
+            def score(x, target_arrays):
+                _, outs, logits = self._capture(x)
+                return target.score(self._select(outs, logits), *target_arrays)
+            fn = self._compile(score, [self._x_spec(), self._arrays_spec(arrays)])
+            self._score_fns[key] = fn
+        return fn
+
+    def _finish(self, name: str, per_layer: list, size, normalize: bool):
+        """ReLU -> resize -> normalize each layer's raw map, then combine layers."""
+        post = [maps_ops.postprocess(m, size, normalize) for m in per_layer]
+        if len(post) > 1 and len({tuple(p.shape[1:]) for p in post}) > 1:
+            raise InputError(
+                "Layers of different resolutions can only be combined at the input's "
+                f"size. Received: resize=False with layers {self.layer_names}"
+            )
+        return maps_ops.combine_layers(post, normalize)
+
     def _build_step(self, methods: tuple[Method, ...], target: Target, resize: bool, normalize: bool,
                     arrays: tuple[np.ndarray, ...]):
         capture = self._capture
         out_i = self._output_index
-        use_logits = self.score == "logit"
-        need_grads = any(m.needs_gradients for m in methods)
+        layer_methods = [m for m in methods if m.kind == "cam"]
+        input_methods = [m for m in methods if m.kind == "input"]
+        need_grads = any(m.needs_gradients for m in layer_methods)
         n_layers = len(self._layers)
         if any("head_weights" in m.extras for m in methods):
             for li in range(n_layers):
                 self._head_weights(li)
-        channels_first = [getattr(r.layer, "data_format", None) == "channels_first" for r in self._layers]
+        options = self.options
 
         def step(x, target_arrays):
             self._trace_count += 1
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(x)
                 acts, outs, logits = capture(x)
-                selected = logits[out_i] if use_logits else outs[out_i]
-                selected = tf.cast(selected, tf.float32)
+                selected = self._select(outs, logits)
                 scores = target.score(selected, *target_arrays)
-            grads = tape.gradient(scores, acts) if need_grads else [None] * n_layers
+            sources = (list(acts) if need_grads else []) + ([x] if input_methods else [])
+            grads = tape.gradient(scores, sources) if sources else []
+            layer_grads = grads[:n_layers] if need_grads else [None] * n_layers
             size = list(x.shape[1:-1]) if resize else None
-            results = {m.name: [] for m in methods}
+            maps = {}
+            for m in input_methods:
+                dx = grads[-1]
+                raw = m.fn(x, tf.zeros_like(x) if dx is None else dx, scores, options=options)
+                maps[m.name] = self._finish(m.name, [raw], size, normalize)
+            results = {m.name: [] for m in layer_methods}
             for li in range(n_layers):
-                a = tf.cast(acts[li], tf.float32)
-                g = grads[li]
+                a = self._channels_last(li, tf.cast(acts[li], tf.float32))
+                g = layer_grads[li]
                 if need_grads and g is None:
                     raise TargetError(
                         f"The target score does not depend on layer {self._layers[li].path!r} "
                         "(its gradient is None). Pick a layer that feeds the explained output."
                     )
-                g = tf.zeros_like(a) if g is None else tf.cast(g, tf.float32)
-                if channels_first[li]:
-                    perm = [0] + list(range(2, len(a.shape))) + [1]
-                    a, g = tf.transpose(a, perm), tf.transpose(g, perm)
-                for m in methods:
-                    extras = {}
+                g = tf.zeros_like(a) if g is None else self._channels_last(li, tf.cast(g, tf.float32))
+                for m in layer_methods:
+                    extras = {"options": options} if m.options else {}
                     if "head_weights" in m.extras:
                         cls = target.class_index(selected, *target_arrays)
                         if cls is None:
@@ -241,25 +343,12 @@ class Explainer:
                     if m.returns == "weights":
                         w = tf.reshape(out, [-1] + [1] * (len(a.shape) - 2) + [a.shape[-1]])
                         out = tf.reduce_sum(a * w, axis=-1)
-                    results[m.name].append(maps_ops.postprocess(out, size, normalize))
-            maps = {}
+                    results[m.name].append(out)
             for name, per_layer in results.items():
-                if len(per_layer) > 1 and len({tuple(p.shape[1:]) for p in per_layer}) > 1:
-                    raise InputError(
-                        "Layers of different resolutions can only be combined at the input's "
-                        f"size. Received: resize=False with layers {self.layer_names}"
-                    )
-                maps[name] = maps_ops.combine_layers(per_layer, normalize)
+                maps[name] = self._finish(name, per_layer, size, normalize)
             return maps, scores, outs[out_i]
 
-        if self.run_eagerly:
-            return step
-        spec_x = tf.TensorSpec((None,) + tuple(self.model.inputs[0].shape[1:]), self.model.inputs[0].dtype)
-        spec_a = tuple(tf.TensorSpec((None,) + a.shape[1:], tf.as_dtype(a.dtype)) for a in arrays)
-        # autograph=False: the step has no data-dependent Python control flow, and our own
-        # errors raised while tracing must reach the user unwrapped.
-        return tf.function(step, input_signature=[spec_x, spec_a], jit_compile=self.jit_compile, autograph=False,
-                           reduce_retracing=True)
+        return self._compile(step, [self._x_spec(), self._arrays_spec(arrays)])
 
     def _get_step(self, methods, target, resize, normalize, arrays):
         key = (tuple(m.name for m in methods), target.trace_key, bool(resize), bool(normalize),
@@ -270,6 +359,29 @@ class Explainer:
             self._steps[key] = step
         return step
 
+    def _post_function(self, n_maps: int, shapes: tuple, resize: bool, normalize: bool):
+        """Compiled post-processing of a runner method's raw maps (cached per shapes)."""
+        key = (shapes, resize, normalize)
+        fn = self._post_fns.get(key)
+        if fn is None:
+            size = list(self.model.inputs[0].shape[1:-1]) if resize else None
+
+            def post(raw):
+                return self._finish("runner", list(raw), size, normalize)
+
+            spec = [tuple(tf.TensorSpec((None,) + s, tf.float32) for s in shapes)]
+            fn = self._compile(post, spec)
+            self._post_fns[key] = fn
+        return fn
+
+    def _run_runner(self, m: Method, xb, target, ab, resize, normalize, verbose):
+        ctx = RunContext(self, xb, target, ab, self.options, verbose)
+        raw = m.fn(ctx)
+        raw = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+        raw = tuple(tf.cast(r, tf.float32) for r in raw)
+        post = self._post_function(len(raw), tuple(tuple(r.shape[1:]) for r in raw), resize, normalize)
+        return post(raw)
+
     # ------------------------------------------------------------------ public calls
     def explain(
         self,
@@ -279,6 +391,7 @@ class Explainer:
         *,
         resize: bool = True,
         normalize: bool = True,
+        verbose: int = 1,
     ) -> Explanation:
         """Maps for several methods from one forward/backward pass per batch.
 
@@ -289,6 +402,7 @@ class Explainer:
             methods: method names (default: the Explainer's method).
             resize: resize maps to the input's spatial size.
             normalize: min-max normalize each map to [0, 1].
+            verbose: 1 shows a progress bar for long (perturbation) methods, 0 none.
 
         Returns:
             An ``Explanation``: ``{method: float32 array (N, *S)}``, with ``.predictions``
@@ -307,7 +421,11 @@ class Explainer:
         target = as_target(targets)
         target.validate(self._output_shape(), n)
         arrays = target.arrays(n)
-        step = self._get_step(resolved, target, resize, normalize, arrays)
+        runners = [m for m in resolved if m.kind == "runner"]
+        # the shared pass always runs: it gives predictions and scores, and every
+        # cam/input method at the cost of one forward/backward pass
+        in_step = tuple(m for m in resolved if m.kind != "runner")
+        step = self._get_step(in_step, target, resize, normalize, arrays)
         chunks: dict[str, list[np.ndarray]] = {m.name: [] for m in resolved}
         preds, scores = [], []
         for start in range(0, n, self.batch_size):
@@ -315,6 +433,8 @@ class Explainer:
             xb = tf.convert_to_tensor(x[start:stop])
             ab = tuple(tf.convert_to_tensor(a[start:stop]) for a in arrays)
             maps, sc, pr = step(xb, ab)
+            for m in runners:
+                maps[m.name] = self._run_runner(m, xb, target, ab, resize, normalize, verbose)
             for name, m in maps.items():
                 chunks[name].append(m.numpy())
             scores.append(sc.numpy())

@@ -27,10 +27,23 @@ class Method:
         needs_gradients: False for gradient-free methods (no backward pass is built).
         extras: names of extra tensors ``fn`` takes as keyword arguments
             (``"head_weights"``: the classifier row of each example's class).
-        kind: ``"cam"`` for methods computed in the engine's single forward/backward
-            pass from the target layer's activations and gradients.
+        kind: where the method runs.
+
+            - ``"cam"``: inside the engine's single compiled forward/backward pass,
+              ``fn(A, G, y, **extras)`` per target layer (see above).
+            - ``"input"``: inside the same pass, from the input and the gradient of the
+              score w.r.t. the input: ``fn(x, dy_dx, y, **extras) -> (N, *input_spatial)``.
+            - ``"runner"``: methods that need their own passes (perturbation, noisy
+              copies, modified backward rules). ``fn(ctx: RunContext)`` is called once per
+              batch from Python and returns the raw maps: a list with one ``(N, *S)``
+              tensor per target layer, or one tensor at the input's resolution. The
+              engine then applies ReLU, resize, normalization and layer averaging.
         paper: citation shown in docs and errors.
         aliases: other spellings accepted.
+        options: names of keyword options of ``tfcam.Explainer`` this method reads
+            (e.g. ``top_k``); they reach ``fn`` as ``extras["options"]`` (cam/input) or
+            ``ctx.options`` (runner). Unknown options are rejected at construction.
+        per_layer: False for methods whose map does not depend on the target layer.
     """
 
     name: str
@@ -41,6 +54,8 @@ class Method:
     kind: str = "cam"
     paper: str = ""
     aliases: tuple = ()
+    options: tuple = ()
+    per_layer: bool = True
 
 
 REGISTRY: dict[str, Method] = {}
@@ -53,6 +68,8 @@ def _key(name: str) -> str:
 
 def register(method: Method) -> Method:
     """Adds a method to the registry (one line per method in its module)."""
+    if method.kind not in ("cam", "input", "runner"):
+        raise MethodError(f"kind must be 'cam', 'input' or 'runner'. Received: kind={method.kind!r}")
     if method.returns not in ("weights", "map"):
         raise MethodError(f"returns must be 'weights' or 'map'. Received: returns={method.returns!r}")
     REGISTRY[method.name] = method
