@@ -13,7 +13,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-import keras as _keras  # noqa: E402
+import json as _json
+import os as _os
 
 from tfcam.errors import (  # noqa: E402
     BackendError,
@@ -26,12 +27,34 @@ from tfcam.errors import (  # noqa: E402
     TfcamError,
 )
 
-if _keras.backend.backend() != "tensorflow":
-    raise BackendError(
+
+def _configured_backend() -> str:
+    """The Keras backend as configured, read before importing keras (whose import may fail)."""
+    if "KERAS_BACKEND" in _os.environ:
+        return _os.environ["KERAS_BACKEND"]
+    home = _os.environ.get("KERAS_HOME", _os.path.join(_os.path.expanduser("~"), ".keras"))
+    try:
+        with open(_os.path.join(home, "keras.json")) as f:
+            return str(_json.load(f).get("backend", "tensorflow"))
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def _backend_error(backend: str) -> BackendError:
+    return BackendError(
         "tfcam needs Keras on the TensorFlow backend. Set the environment variable "
-        "KERAS_BACKEND=tensorflow before importing keras (or in ~/.keras/keras.json). "
-        f"Received: keras backend={_keras.backend.backend()!r}"
+        "KERAS_BACKEND=tensorflow before importing keras (or \"backend\": \"tensorflow\" in "
+        f"~/.keras/keras.json). Received: keras backend={backend!r}"
     )
+
+
+if _configured_backend() != "tensorflow":
+    raise _backend_error(_configured_backend())
+
+import keras as _keras  # noqa: E402
+
+if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with another backend
+    raise _backend_error(_keras.backend.backend())
 
 from tfcam import datasets, targets, viz  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
