@@ -79,3 +79,41 @@ REFERENCES = {
     "eigencam": eigencam,
     "eigengradcam": eigengradcam,
 }
+
+
+def gradcam_elementwise(A, G):
+    return relu(relu(G * A).sum(axis=1))
+
+
+def segeigencam(A, G):
+    M = np.abs(G) * A
+    X = M - M.mean(axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd(X, full_matrices=False)
+    p = X @ vt[0]
+    if abs(p.max()) < abs(p.min()):
+        p = -p
+    return relu(p)
+
+
+def fem(A, G, k=2.0):
+    t = A.mean(axis=0) + k * A.std(axis=0)
+    w = (A > t[None, :]).mean(axis=0)
+    return weighted(A, w)
+
+
+def kpcacam(A, G, gamma=None, coef0=1.0):
+    X = A - A.mean(axis=0, keepdims=True)
+    gamma = 1.0 / A.shape[1] if gamma is None else gamma
+    K = np.tanh(gamma * X @ X.T + coef0)
+    P = K.shape[0]
+    one = np.full((P, P), 1.0 / P)
+    Kc = K - one @ K - K @ one + one @ K @ one
+    lam, vec = np.linalg.eigh(Kc)
+    p = vec[:, -1] * np.sqrt(max(lam[-1], 0.0))
+    if np.corrcoef(p, A.sum(axis=1))[0, 1] < 0:
+        p = -p
+    return relu(p)
+
+
+REFERENCES.update({"gradcam_elementwise": gradcam_elementwise, "segeigencam": segeigencam, "fem": fem,
+                   "kpcacam": kpcacam})

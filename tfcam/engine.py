@@ -152,6 +152,14 @@ class Explainer:
         self._forward = None
         self._score_fns: dict[Any, Any] = {}
         self._post_fns: dict[Any, Any] = {}
+        self._runner_fns: dict[Any, Any] = {}
+
+    def cached(self, key: Any, build) -> Any:
+        """A per-Explainer cache for compiled functions of runner methods (built once)."""
+        fn = self._runner_fns.get(key)
+        if fn is None:
+            fn = self._runner_fns[key] = build()
+        return fn
 
     # ------------------------------------------------------------------ properties
     @property
