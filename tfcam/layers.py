@@ -192,6 +192,18 @@ def default_layer(model: keras.Model, input_index: int = 0, rank: int | None = N
     _check_model(model)
     output_ops = {id(t._keras_history.operation) for t in model.outputs}
     candidates = spatial_layers(model, input_index, rank)
+    if rank == 3:
+        # Transformers: the input of the last attention layer (pytorch-grad-cam's
+        # ``blocks[-1].norm1``). Later token layers of a class-token model get no
+        # gradient on their patch tokens, which would give empty maps.
+        attention = [r for r in iter_layers(model) if isinstance(r.layer, keras.layers.MultiHeadAttention)]
+        if attention:
+            last = attention[-1]
+            nodes = getattr(last.layer, "_inbound_nodes", [])
+            src = _producer(nodes[0].input_tensors[0]) if nodes and nodes[0].input_tensors else None
+            for ref in candidates:
+                if ref.layer is src:
+                    return ref
     for ref in candidates:
         if not ref.parents and id(ref.layer) in output_ops:
             continue  # the head itself (e.g. a segmentation output); look before it
@@ -296,8 +308,8 @@ def tokens_to_grid(tokens: Any, grid: Sequence[int] | None = None, class_token: 
     """Turns transformer tokens ``(N, T, D)`` into a spatial grid ``(N, h, w, D)``.
 
     The ``reshape`` hook of ``tfcam.Explainer(..., reshape="vit")`` (Grad-CAM on a ViT
-    follows pytorch-grad-cam's ``reshape_transform``). Extra leading tokens (a class
-    token, distillation or register tokens) are dropped.
+    follows pytorch-grad-cam's ``reshape_transform``). A leading class token is
+    dropped; for other layouts (distillation or register tokens) pass a callable.
 
     Args:
         tokens: a tensor ``(N, T, D)`` with a static ``T``.
@@ -331,7 +343,7 @@ def tokens_to_grid(tokens: Any, grid: Sequence[int] | None = None, class_token: 
         grid = (side, side)
     h, w = (int(g) for g in grid)
     extra = t - h * w if class_token is None else int(bool(class_token))
-    if extra < 0 or extra > 8 or t - extra != h * w:
+    if extra not in (0, 1) or t - extra != h * w:
         raise InputError(
             f"Cannot arrange {t} tokens as a {h}x{w} grid (plus {'a class token' if class_token else 'none'}). "
             "Pass reshape=(h, w) or a callable (N, tokens, dim) -> (N, h, w, dim). "
