@@ -110,3 +110,27 @@ def test_no_layer_for_input_raises():
     model = keras.Model([img, inp], L.Dense(2)(L.Concatenate()([h, L.Dense(3)(inp)])))
     with pytest.raises(tfcam.LayerError, match="computed from input 1"):
         tfcam.Explainer(model, input="tab")
+
+
+def test_dict_input_model_with_unsorted_keys(rng):
+    """model.inputs is in sorted-key order; the dict's own order must not mix inputs up."""
+    from test_beyond import check_family, independent_a_g, numpy_maps
+
+    keras.utils.set_random_seed(12)
+    sig = keras.Input((20, 2), name="s_in")
+    img = keras.Input((12, 12, 3), name="i_in")
+    a = L.Conv2D(4, 3, activation="relu", name="img_conv")(img)
+    b = L.Conv1D(4, 3, activation="relu", name="sig_conv")(sig)
+    c = L.Concatenate()([L.GlobalAveragePooling2D()(a), L.GlobalAveragePooling1D()(b)])
+    with pytest.warns(UserWarning):  # keras: dict keys differ from the Input names
+        model = keras.Model({"sig": sig, "img": img}, L.Dense(3, name="out")(c))
+    xi, xs = _inputs(rng, 2)
+    ex = tfcam.Explainer(model, input="sig")
+    assert ex.layer_names == ["sig_conv"] and ex.input_spatial_shape == (20,)
+    for cls in range(3):  # a class whose maps are not all zero for these random weights
+        A, G, _ = independent_a_g(model, "sig_conv", model.outputs[0], lambda o, c=cls: o[:, c],
+                                  [xi, xs])  # model.inputs order
+        if numpy_maps("gradcam", A, G).max() > 0 and numpy_maps("layercam", A, G).max() > 0:
+            break
+    raw, _ = check_family(ex, {"img": xi, "sig": xs}, cls, A, G, ["gradcam", "layercam"], final_size=(20,))
+    np.testing.assert_allclose(raw.predictions, model({"sig": xs, "img": xi}).numpy(), rtol=1e-5)

@@ -242,7 +242,13 @@ class Explainer:
         return shape[2:] if self.data_format == "channels_first" else shape[1:-1]
 
     def _input_names(self) -> list[str]:
-        return [t._keras_history.operation.name for t in self.model.inputs]
+        """Names of the model inputs in ``model.inputs`` order (dict keys for dict-input models)."""
+        inputs = self.model.inputs
+        struct = getattr(self.model, "input", None)
+        if isinstance(struct, dict):
+            key = {id(t): k for k, t in struct.items()}
+            return [key.get(id(t), t._keras_history.operation.name) for t in inputs]
+        return [t._keras_history.operation.name for t in inputs]
 
     def _resolve_input(self, which: int | str | None) -> int:
         try:

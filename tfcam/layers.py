@@ -503,7 +503,9 @@ def build_capture_model(
     ]
     struct = inputs[0] if len(inputs) == 1 and not isinstance(fmodel.input, (list, tuple, dict)) else inputs
     if isinstance(fmodel.input, dict):
-        struct = {k: inp for k, inp in zip(fmodel.input.keys(), inputs)}
+        # model.inputs is flattened in sorted-key order, not the dict's insertion order
+        position = {id(t): i for i, t in enumerate(fmodel.inputs)}
+        struct = {k: inputs[position[id(t)]] for k, t in fmodel.input.items()}
     cap = _Capture([r.layer for r in layers], want_logits)
     outputs, captured, logits = cap.run(fmodel, struct)
     acts = []
