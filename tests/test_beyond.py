@@ -383,6 +383,23 @@ def test_conv1d_conv3d(rank, rng):
     assert_maps_close(cam, want)
 
 
+def test_conv1d_variable_length(rng):
+    """Input((None, C)): one compiled step serves every length; maps at each length."""
+    keras.utils.set_random_seed(13)
+    inp = keras.Input((None, 3))
+    h = L.Conv1D(6, 3, padding="same", activation="relu", name="c1")(inp)
+    h = L.MaxPooling1D(name="pool")(h)
+    h = L.Conv1D(5, 3, padding="same", activation="relu", name="c2")(h)
+    model = keras.Model(inp, L.Dense(3, name="head")(L.GlobalAveragePooling1D(name="gap")(h)))
+    ex = tfcam.Explainer(model)
+    assert ex.layer_names == ["c2"]
+    for t in (16, 30):
+        x = rng.uniform(size=(2, t, 3)).astype(np.float32)
+        A, G, _ = independent_a_g(model, "c2", model.outputs[0], lambda o: o[:, 2], x)
+        check_family(ex, x, RegressionTarget(2), A, G, GRAD_METHODS, final_size=(t,))
+    assert ex.trace_count == 2  # raw + final steps, each traced once for both lengths
+
+
 @pytest.fixture
 def two_d_only_method():
     from tfcam.methods import REGISTRY, Method, register

@@ -314,6 +314,15 @@ class Explainer:
             )
         return got
 
+    def _resize_target(self, x_main: tf.Tensor) -> list:
+        """The explained input's spatial size; run-time values for variable-length axes."""
+        size = list(self.input_spatial_shape)
+        if all(s is not None for s in size):
+            return size
+        first = 2 if self.data_format == "channels_first" else 1
+        dyn = tf.shape(x_main)
+        return [dyn[first + i] if s is None else s for i, s in enumerate(size)]
+
     def _main_input(self, x: Any) -> Any:
         return x[self._input_index] if self.multi_input else x
 
@@ -525,7 +534,7 @@ class Explainer:
             sources = (list(acts) if need_grads else []) + ([x_main] if input_methods else [])
             grads = tape.gradient(scores, sources) if sources else []
             layer_grads = grads[:n_layers] if need_grads else [None] * n_layers
-            size = list(self.input_spatial_shape) if resize else None
+            size = self._resize_target(x_main) if resize else None
             maps = {}
             for m in input_methods:
                 dx = grads[-1]
