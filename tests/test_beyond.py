@@ -314,6 +314,7 @@ def test_two_input_model(rng):
 
     ex_img = tfcam.Explainer(model, input="img")
     assert ex_img.layer_names == ["img_conv"] and ex_img.input_spatial_shape == (12, 12)
+    assert "input='img'" in repr(ex_img)
     A, G, y = independent_a_g(model, "img_conv", logits, pick, [xi, xs])
     raw, _ = check_family(ex_img, [xi, xs], classes, A, G, final_size=(12, 12))
     np.testing.assert_allclose(raw.scores, y, rtol=1e-5)

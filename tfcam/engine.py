@@ -681,6 +681,7 @@ class Explainer:
         return self.explain(images, targets, [self.method], resize=resize, normalize=normalize)[self.method]
 
     def __repr__(self) -> str:
+        extra = f", input={self._input_names()[self._input_index]!r}" if self.multi_input else ""
         return (f"Explainer(model={self.model.name!r}, layer={self.layer_names}, method={self.method!r}, "
-                f"score={self.score!r})")
+                f"score={self.score!r}{extra})")
 
