@@ -58,7 +58,7 @@ if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with 
 
 from tfcam import datasets, targets, viz  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
-from tfcam.layers import spatial_layers  # noqa: E402
+from tfcam.layers import spatial_layers, tokens_to_grid  # noqa: E402
 from tfcam.methods import REGISTRY as _REGISTRY  # noqa: E402
 from tfcam.viz import COLORMAPS, colorize, overlay, plot  # noqa: E402
 
@@ -75,6 +75,7 @@ __all__ = [
     "overlay",
     "plot",
     "spatial_layers",
+    "tokens_to_grid",
     "targets",
     "datasets",
     "viz",

@@ -12,7 +12,7 @@ Data flow of a call::
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +21,15 @@ import numpy as np
 import tensorflow as tf
 
 from tfcam import maps as maps_ops
-from tfcam.errors import InputError, InputTypeError, MethodError, TargetError
-from tfcam.layers import LayerRef, LayerSpec, build_capture_model, find_cam_head, resolve_layers
+from tfcam.errors import InputError, InputTypeError, LayerError, MethodError, TargetError
+from tfcam.layers import (
+    LayerRef,
+    LayerSpec,
+    build_capture_model,
+    find_cam_head,
+    resolve_layers,
+    tokens_to_grid,
+)
 from tfcam.methods import REGISTRY, Method, get_method
 from tfcam.targets import Target, TargetSpec, as_target
 
@@ -31,6 +38,7 @@ __all__ = ["Explainer", "Explanation", "RunContext"]
 logger = logging.getLogger("tfcam")
 
 _SCORES = ("logit", "probability")
+_FORMATS = ("channels_last", "channels_first")
 
 
 class Explanation(dict):
@@ -53,7 +61,12 @@ class RunContext:
     Attributes:
         explainer: the Explainer (``explainer.forward``, ``explainer.score_function``,
             ``explainer.batch_size``, ``explainer.layer_names`` ...).
-        x: the input batch (tensor).
+        x: the input batch: a tensor for single-input models; for multi-input models a
+            list of tensors in the order of ``model.inputs``. ``explainer.forward`` and
+            ``explainer.score_function(...)`` take ``x`` in the same form. The maps are
+            about input ``explainer.input_index``: ``ctx.image`` is that tensor, and
+            ``ctx.with_image(new)`` rebuilds the structure around a perturbed copy of it
+            (the other inputs are repeated to ``new``'s batch size).
         target: the Target; ``arrays``: its per-example tensors for this batch.
         options: the Explainer's method options.
         verbose: 1 to show a progress bar for long runs, 0 for none.
@@ -65,6 +78,25 @@ class RunContext:
     arrays: tuple
     options: dict
     verbose: int = 1
+
+    @property
+    def image(self) -> tf.Tensor:
+        """The explained input of the batch (``x`` itself for single-input models)."""
+        return self.explainer._main_input(self.x)
+
+    def with_image(self, image: tf.Tensor) -> Any:
+        """``x`` with the explained input replaced by ``image``.
+
+        ``image`` may hold ``r`` copies of each example (batch ``r * N``, example-major
+        as ``tf.repeat(x, r, axis=0)``); the other inputs are repeated likewise.
+        """
+        if not self.explainer.multi_input:
+            return image
+        n = tf.shape(self.image)[0]
+        reps = tf.shape(image)[0] // n
+        out = [tf.repeat(t, reps, axis=0) for t in self.x]
+        out[self.explainer.input_index] = image
+        return out
 
     def scores(self, x: tf.Tensor, arrays: tuple | None = None) -> tf.Tensor:
         """Target scores ``(len(x),)`` of a batch of inputs (compiled, cached)."""
@@ -93,6 +125,17 @@ class Explainer:
             the activated output.
         output: which model output to explain (index or output-layer name) for
             multi-output models.
+        input: which model input the maps are about (index or input name), for
+            multi-input models; maps come back at that input's spatial size. Images are
+            then given as a list (model input order) or a dict keyed by input name.
+        reshape: turns a target layer's activations into ``(N, *spatial, channels)``
+            before the methods: ``"vit"`` (tokens ``(N, T, D)`` to a square grid; a
+            leading class token is detected and dropped), ``(h, w)`` for a non-square
+            grid, or a callable ``tensor -> tensor`` (applied to activations and
+            gradients alike, so it must be linear, e.g. a reshape/slice/transpose).
+        data_format: ``"channels_last"`` or ``"channels_first"`` for the explained input
+            (``(N, C, *S)``); None reads it from the first layer with a ``data_format``.
+            Activations of ``channels_first`` layers are always transposed.
         batch_size: examples per compiled call; bounds memory.
         jit_compile: compile the step with XLA. None: only when a GPU is visible.
         run_eagerly: run the step eagerly (debugging; same numbers, slower).
@@ -105,7 +148,10 @@ class Explainer:
     >>> heatmaps = explainer(images, targets=[207, 281])   # (N, H, W) in [0, 1]
 
     Raises:
-        LayerError: unknown or non-spatial layer (the message lists valid ones).
+        LayerError: unknown or non-spatial layer (the message lists valid ones), a
+            layer not computed from the explained input, or a map whose spatial rank
+            differs from the input's (use ``reshape`` for transformers).
+        InputError: bad ``input``, ``reshape`` or ``data_format``.
         MethodError: unknown method name.
         InputTypeError: ``model`` is not a Keras model.
     """
@@ -118,6 +164,9 @@ class Explainer:
         *,
         score: str = "logit",
         output: int | str | None = None,
+        input: int | str | None = None,  # noqa: A002 - the natural name for users
+        reshape: str | Sequence[int] | Callable[[tf.Tensor], tf.Tensor] | None = None,
+        data_format: str | None = None,
         batch_size: int = 32,
         jit_compile: bool | None = None,
         run_eagerly: bool = False,
@@ -133,10 +182,17 @@ class Explainer:
         self.batch_size = int(batch_size)
         self.jit_compile = _gpu_available() if jit_compile is None else bool(jit_compile)
         self.run_eagerly = bool(run_eagerly)
-        self._layers: list[LayerRef] = resolve_layers(model, layer)
+        if data_format is not None and data_format not in _FORMATS:
+            raise InputError(f"Expected data_format in {_FORMATS} or None. Received: data_format={data_format!r}")
+        self._input_index = self._resolve_input(input)
+        self._reshape = self._resolve_reshape(reshape)
+        self._layers: list[LayerRef] = resolve_layers(
+            model, layer, self._input_index, rank=3 if reshape is not None else None)
         if layer is None:
             logger.info("tfcam picked layer %r", self._layers[0].path)
+        self.data_format = data_format or self._infer_format()
         self._capture = build_capture_model(model, self._layers, want_logits=(score == "logit"))
+        self._map_ranks = [self._check_map_rank(li) for li in range(len(self._layers))]
         self._output_index = self._resolve_output(output)
         self._steps: dict[Any, Any] = {}
         self._trace_count = 0
@@ -177,6 +233,123 @@ class Explainer:
         """True when the explained score is the recomputed pre-activation of the output."""
         return self.score == "logit" and self._capture.has_logits[self._output_index]
 
+    @property
+    def input_index(self) -> int:
+        """Index (in ``model.inputs``) of the input the maps are about."""
+        return self._input_index
+
+    @property
+    def multi_input(self) -> bool:
+        """True when the model has several inputs (``x`` is then a list of tensors)."""
+        return len(self.model.inputs) > 1
+
+    @property
+    def input_spatial_shape(self) -> tuple:
+        """Spatial shape of the explained input (the maps' shape with ``resize=True``)."""
+        shape = tuple(self.model.inputs[self._input_index].shape)
+        return shape[2:] if self.data_format == "channels_first" else shape[1:-1]
+
+    def _input_names(self) -> list[str]:
+        """Names of the model inputs in ``model.inputs`` order (dict keys for dict-input models)."""
+        inputs = self.model.inputs
+        struct = getattr(self.model, "input", None)
+        if isinstance(struct, dict):
+            key = {id(t): k for k, t in struct.items()}
+            return [key.get(id(t), t._keras_history.operation.name) for t in inputs]
+        return [t._keras_history.operation.name for t in inputs]
+
+    def _resolve_input(self, which: int | str | None) -> int:
+        try:
+            names = self._input_names()
+        except (AttributeError, ValueError):
+            names = ["input"]
+        if which is None:
+            return 0
+        if isinstance(which, (int, np.integer)) and not isinstance(which, bool) and 0 <= int(which) < len(names):
+            return int(which)
+        if isinstance(which, str) and which in names:
+            return names.index(which)
+        raise InputError(
+            f"Expected input to be an index in [0, {len(names)}) or one of the model's input "
+            f"names {names}. Received: input={which!r}"
+        )
+
+    def _resolve_reshape(self, reshape: Any):
+        if reshape is None or callable(reshape):
+            return reshape
+        if isinstance(reshape, str):
+            if reshape.lower() in ("vit", "tokens"):
+                return tokens_to_grid
+        elif isinstance(reshape, (tuple, list)) and len(reshape) == 2 and all(
+                isinstance(v, (int, np.integer)) and v > 0 for v in reshape):
+            grid = tuple(int(v) for v in reshape)
+            return lambda t: tokens_to_grid(t, grid)
+        raise InputError(
+            "Expected reshape to be None, 'vit', a grid (h, w), or a callable "
+            f"(N, tokens, dim) -> (N, h, w, dim). Received: reshape={reshape!r}"
+        )
+
+    def _infer_format(self) -> str:
+        from tfcam.layers import iter_layers
+
+        for ref in iter_layers(self.model):
+            fmt = getattr(ref.layer, "data_format", None)
+            if fmt in _FORMATS:
+                return fmt
+        return "channels_last"
+
+    def _to_map_layout(self, li: int, t: tf.Tensor) -> tf.Tensor:
+        """float32, channels-last, then the reshape hook: what the methods receive."""
+        t = self._channels_last(li, tf.cast(t, tf.float32))
+        return t if self._reshape is None else self._reshape(t)
+
+    def _check_map_rank(self, li: int) -> int:
+        ref = self._layers[li]
+        shape = tuple(ref.layer.output.shape)
+        if self._reshape is not None:
+            probe = tf.zeros((1,) + tuple(1 if s is None else s for s in shape[1:]), tf.float32)
+            out = self._to_map_layout(li, probe)
+            shape = tuple(out.shape)
+        want = len(self.input_spatial_shape)
+        got = len(shape) - 2
+        if got != want:
+            hint = (" For transformer token layers (batch, tokens, dim) pass reshape='vit'."
+                    if len(shape) == 3 and self._reshape is None else "")
+            raise LayerError(
+                f"The maps of layer {ref.path!r} have {got} spatial axes (activations shaped "
+                f"{shape}) but the explained input has {want} ({self.input_spatial_shape}).{hint} "
+                f"Received: layer={ref.path!r}"
+            )
+        return got
+
+    def _resize_target(self, x_main: tf.Tensor) -> list:
+        """The explained input's spatial size; run-time values for variable-length axes."""
+        size = list(self.input_spatial_shape)
+        if all(s is not None for s in size):
+            return size
+        first = 2 if self.data_format == "channels_first" else 1
+        dyn = tf.shape(x_main)
+        return [dyn[first + i] if s is None else s for i, s in enumerate(size)]
+
+    def _main_input(self, x: Any) -> Any:
+        return x[self._input_index] if self.multi_input else x
+
+    def _input_channels_last(self, t: tf.Tensor) -> tf.Tensor:
+        if self.data_format == "channels_first":
+            return tf.transpose(t, [0] + list(range(2, len(t.shape))) + [1])
+        return t
+
+    def _check_method_ranks(self, methods: Sequence[Method]) -> None:
+        for m in methods:
+            ranks = self._map_ranks if m.kind == "cam" else [len(self.input_spatial_shape)]
+            for r in ranks:
+                if r not in m.spatial_ranks:
+                    raise MethodError(
+                        f"Method {m.name!r} supports maps with {list(m.spatial_ranks)} spatial "
+                        f"axes, not {r} ({ {1: '1-D (Conv1D/time series)', 2: '2-D (images)', 3: '3-D (volumes)'}[r] }). "
+                        f"Received: method={m.name!r} for layer(s) {self.layer_names}"
+                    )
+
     def _resolve_output(self, output: int | str | None) -> int:
         names = [t._keras_history.operation.name for t in self.model.outputs]
         if output is None:
@@ -191,8 +364,36 @@ class Explainer:
         )
 
     # ------------------------------------------------------------------ inputs
-    def _prepare_images(self, images: Any) -> np.ndarray:
-        spec = self.model.inputs[0]
+    def _prepare_images(self, images: Any) -> np.ndarray | list[np.ndarray]:
+        if not self.multi_input:
+            return self._prepare_one(images, self.model.inputs[0], "images")
+        names = self._input_names()
+        if isinstance(images, dict):
+            missing = [k for k in names if k not in images]
+            extra = [k for k in images if k not in names]
+            if missing or extra:
+                raise InputError(
+                    f"Expected a dict with one array per model input {names}. "
+                    f"Received: images with keys {list(images)}"
+                )
+            images = [images[k] for k in names]
+        if not isinstance(images, (list, tuple)) or len(images) != len(names):
+            raise InputError(
+                f"The model has {len(names)} inputs {names}: pass images as a list in that order "
+                "or a dict keyed by input name. "
+                f"Received: images of type {type(images).__name__}"
+                + (f" with {len(images)} items" if isinstance(images, (list, tuple)) else "")
+            )
+        xs = [self._prepare_one(a, spec, f"images[{k!r}]") for a, spec, k in zip(images, self.model.inputs, names)]
+        sizes = {len(a) for a in xs}
+        if len(sizes) > 1:
+            raise InputError(
+                "Every model input needs the same number of examples. "
+                f"Received: batch sizes {dict(zip(names, (len(a) for a in xs)))}"
+            )
+        return xs
+
+    def _prepare_one(self, images: Any, spec: Any, what: str) -> np.ndarray:
         if isinstance(images, tf.Tensor):
             images = images.numpy()
         if isinstance(images, (list, tuple)):
@@ -205,34 +406,42 @@ class Explainer:
         if not isinstance(images, np.ndarray):
             raise InputTypeError(
                 "Expected images as a NumPy array or tf.Tensor shaped "
-                f"{tuple(spec.shape)}. Received: images of type {type(images).__name__}"
+                f"{tuple(spec.shape)}. Received: {what} of type {type(images).__name__}"
             )
         if images.dtype.kind not in "biuf":
             raise InputTypeError(
-                f"Expected numeric images (uint8 or float). Received: images.dtype={images.dtype}"
+                f"Expected numeric images (uint8 or float). Received: {what}.dtype={images.dtype}"
             )
         expected = tuple(spec.shape)
         if images.ndim != len(expected):
             hint = " For a single image, pass images[None]." if images.ndim == len(expected) - 1 else ""
             raise InputError(
                 f"Expected images of rank {len(expected)} shaped {expected}.{hint} "
-                f"Received: images.shape={images.shape}"
+                f"Received: {what}.shape={images.shape}"
             )
         for got, want in zip(images.shape[1:], expected[1:]):
             if want is not None and got != want:
                 raise InputError(
                     f"Expected images shaped {expected} (the model's input). "
-                    f"Received: images.shape={images.shape}"
+                    f"Received: {what}.shape={images.shape}"
                 )
         if images.shape[0] == 0:
-            raise InputError(f"Expected at least one image. Received: images.shape={images.shape}")
+            raise InputError(f"Expected at least one image. Received: {what}.shape={images.shape}")
         if images.dtype.kind == "f" and not np.all(np.isfinite(images)):
             bad = int(np.sum(~np.isfinite(images)))
             raise InputError(
                 f"Images contain NaN or infinite values ({bad} of them); clean or clip them "
-                f"first. Received: images with {bad} non-finite values"
+                f"first. Received: {what} with {bad} non-finite values"
             )
         return images.astype(spec.dtype if spec.dtype else "float32", copy=False)
+
+    def _batches(self, x: Any, n: int):
+        for start in range(0, n, self.batch_size):
+            stop = min(start + self.batch_size, n)
+            if isinstance(x, list):
+                yield start, stop, [tf.convert_to_tensor(a[start:stop]) for a in x]
+            else:
+                yield start, stop, tf.convert_to_tensor(x[start:stop])
 
     def _output_shape(self) -> tuple:
         return tuple(self.model.outputs[self._output_index].shape)
@@ -251,9 +460,10 @@ class Explainer:
         return tf.function(fn, input_signature=input_signature, jit_compile=self.jit_compile,
                            autograph=False, reduce_retracing=True)
 
-    def _x_spec(self) -> tf.TensorSpec:
-        spec = self.model.inputs[0]
-        return tf.TensorSpec((None,) + tuple(spec.shape[1:]), spec.dtype)
+    def _x_spec(self) -> tf.TensorSpec | list[tf.TensorSpec]:
+        """The input signature of ``x``: one spec, or a list of them for multi-input models."""
+        specs = [tf.TensorSpec((None,) + tuple(s.shape[1:]), s.dtype) for s in self.model.inputs]
+        return specs if self.multi_input else specs[0]
 
     @staticmethod
     def _arrays_spec(arrays) -> tuple:
@@ -268,18 +478,26 @@ class Explainer:
             return tf.transpose(t, [0] + list(range(2, len(t.shape))) + [1])
         return t
 
-    def forward(self, x: tf.Tensor) -> tuple[list, list, list]:
-        """Compiled forward pass: (activations (channels-last, float32), outputs, logits)."""
+    def forward(self, x: tf.Tensor | list[tf.Tensor]) -> tuple[list, list, list]:
+        """Compiled forward pass: (activations, outputs, logits).
+
+        Activations are float32, channels-last and passed through the ``reshape`` hook,
+        i.e. what the methods receive. ``x`` is a tensor, or for multi-input models a
+        list of tensors in ``model.inputs`` order.
+        """
         if self._forward is None:
             def fwd(x):
                 acts, outs, logits = self._capture(x)
-                acts = [self._channels_last(i, tf.cast(a, tf.float32)) for i, a in enumerate(acts)]
+                acts = [self._to_map_layout(i, a) for i, a in enumerate(acts)]
                 return acts, outs, logits
             self._forward = self._compile(fwd, [self._x_spec()])
         return self._forward(x)
 
     def score_function(self, target: Target, arrays: tuple):
-        """A compiled ``(x, arrays) -> (N,)`` target score of any input batch (cached)."""
+        """A compiled ``(x, arrays) -> (N,)`` target score of any input batch (cached).
+
+        ``x`` as in ``forward`` (a list of tensors for multi-input models).
+        """
         key = (target.trace_key, tuple((tuple(a.shape[1:]), a.dtype) for a in arrays))
         fn = self._score_fns.get(key)
         if fn is None:
@@ -315,30 +533,33 @@ class Explainer:
 
         def step(x, target_arrays):
             self._trace_count += 1
+            x_main = self._main_input(x)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(x)
+                tape.watch(x_main)
                 acts, outs, logits = capture(x)
                 selected = self._select(outs, logits)
                 scores = target.score(selected, *target_arrays)
-            sources = (list(acts) if need_grads else []) + ([x] if input_methods else [])
+            sources = (list(acts) if need_grads else []) + ([x_main] if input_methods else [])
             grads = tape.gradient(scores, sources) if sources else []
             layer_grads = grads[:n_layers] if need_grads else [None] * n_layers
-            size = list(x.shape[1:-1]) if resize else None
+            size = self._resize_target(x_main) if resize else None
             maps = {}
             for m in input_methods:
                 dx = grads[-1]
-                raw = m.fn(x, tf.zeros_like(x) if dx is None else dx, scores, options=options)
+                dx = tf.zeros_like(x_main) if dx is None else dx
+                xi = self._input_channels_last(x_main)
+                raw = m.fn(xi, self._input_channels_last(tf.cast(dx, xi.dtype)), scores, options=options)
                 maps[m.name] = self._finish(m.name, [raw], size, normalize)
             results = {m.name: [] for m in layer_methods}
             for li in range(n_layers):
-                a = self._channels_last(li, tf.cast(acts[li], tf.float32))
+                a = self._to_map_layout(li, acts[li])
                 g = layer_grads[li]
                 if need_grads and g is None:
                     raise TargetError(
                         f"The target score does not depend on layer {self._layers[li].path!r} "
                         "(its gradient is None). Pick a layer that feeds the explained output."
                     )
-                g = tf.zeros_like(a) if g is None else self._channels_last(li, tf.cast(g, tf.float32))
+                g = tf.zeros_like(a) if g is None else self._to_map_layout(li, g)
                 for m in layer_methods:
                     extras = {"options": options} if m.options else {}
                     if "head_weights" in m.extras:
@@ -372,7 +593,7 @@ class Explainer:
         key = (shapes, resize, normalize)
         fn = self._post_fns.get(key)
         if fn is None:
-            size = list(self.model.inputs[0].shape[1:-1]) if resize else None
+            size = list(self.input_spatial_shape) if resize else None
 
             def post(raw):
                 return self._finish("runner", list(raw), size, normalize)
@@ -404,7 +625,9 @@ class Explainer:
         """Maps for several methods from one forward/backward pass per batch.
 
         Args:
-            images: ``(N, *input_shape)`` array or tensor (uint8 or float).
+            images: ``(N, *input_shape)`` array or tensor (uint8 or float); for
+                multi-input models a list (``model.inputs`` order) or a dict keyed by
+                input name, one array per input.
             targets: None (each example's top class), an int, one int per example, a
                 ``tfcam.targets.Target`` or a callable ``outputs -> (N,)`` scores.
             methods: method names (default: the Explainer's method).
@@ -424,8 +647,9 @@ class Explainer:
         if not names:
             raise MethodError(f"Expected at least one method. Received: methods={methods!r}")
         resolved = tuple(dict.fromkeys(get_method(n) for n in names))
+        self._check_method_ranks(resolved)
         x = self._prepare_images(images)
-        n = x.shape[0]
+        n = len(x[0]) if isinstance(x, list) else x.shape[0]
         target = as_target(targets)
         target.validate(self._output_shape(), n)
         arrays = target.arrays(n)
@@ -436,9 +660,7 @@ class Explainer:
         step = self._get_step(in_step, target, resize, normalize, arrays)
         chunks: dict[str, list[np.ndarray]] = {m.name: [] for m in resolved}
         preds, scores = [], []
-        for start in range(0, n, self.batch_size):
-            stop = min(start + self.batch_size, n)
-            xb = tf.convert_to_tensor(x[start:stop])
+        for start, stop, xb in self._batches(x, n):
             ab = tuple(tf.convert_to_tensor(a[start:stop]) for a in arrays)
             maps, sc, pr = step(xb, ab)
             for m in runners:
@@ -467,6 +689,7 @@ class Explainer:
         return self.explain(images, targets, [self.method], resize=resize, normalize=normalize)[self.method]
 
     def __repr__(self) -> str:
+        extra = f", input={self._input_names()[self._input_index]!r}" if self.multi_input else ""
         return (f"Explainer(model={self.model.name!r}, layer={self.layer_names}, method={self.method!r}, "
-                f"score={self.score!r})")
+                f"score={self.score!r}{extra})")
 

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
 import keras
+import tensorflow as tf
 from keras import ops
 
-from tfcam.errors import InputTypeError, LayerError, ModelError
+from tfcam.errors import InputError, InputTypeError, LayerError, ModelError
 
 __all__ = [
     "LayerRef",
@@ -33,6 +35,8 @@ __all__ = [
     "default_layer",
     "build_capture_model",
     "output_activation",
+    "input_dependencies",
+    "tokens_to_grid",
 ]
 
 logger = logging.getLogger("tfcam")
@@ -92,20 +96,60 @@ def _input_rank(model: keras.Model, input_index: int = 0) -> int:
     return len(inputs[input_index].shape)
 
 
-def spatial_layers(model: keras.Model, input_index: int = 0) -> list[LayerRef]:
-    """Layers whose output has the input's spatial rank, last first.
+def spatial_layers(model: keras.Model, input_index: int = 0, rank: int | None = None) -> list[LayerRef]:
+    """Layers whose output has the input's rank (or ``rank``), last first.
 
-    For image inputs ``(N, H, W, C)`` these are the layers with a 4-D output.
+    For image inputs ``(N, H, W, C)`` these are the layers with a 4-D output; for
+    Conv1D models ``(N, T, C)`` 3-D outputs, for volumes ``(N, D, H, W, C)`` 5-D ones.
+    For multi-input models only layers computed from input ``input_index`` are listed.
+
+    Args:
+        model: the Keras model.
+        input_index: which model input the maps are about.
+        rank: the output rank to look for (default: the input's rank). ``3`` finds the
+            token layers ``(N, tokens, dim)`` of a transformer.
+
+    Returns:
+        The matching layers, the last one first.
     """
-    rank = _input_rank(model, input_index)
+    rank = _input_rank(model, input_index) if rank is None else int(rank)
+    multi = len(model.inputs) > 1
     found = []
     for ref in iter_layers(model):
         if isinstance(ref.layer, keras.layers.InputLayer):
             continue
         shape = _output_shape(ref.layer)
         if shape is not None and len(shape) == rank and rank >= 3:
+            if multi and input_index not in input_dependencies(model, ref):
+                continue
             found.append(ref)
     return found[::-1]
+
+
+def input_dependencies(model: keras.Model, ref: LayerRef) -> set[int]:
+    """Indices of the model inputs a layer's output is computed from (graph walk).
+
+    For a layer inside a nested model, the inputs feeding the outermost nested model.
+    """
+    top = ref.parents[0] if ref.parents else ref.layer
+    input_ops = {id(t._keras_history.operation): i for i, t in enumerate(model.inputs)}
+    found: set[int] = set()
+    seen: set[int] = set()
+    stack = [top]
+    while stack:
+        op = stack.pop()
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        if id(op) in input_ops:
+            found.add(input_ops[id(op)])
+            continue
+        for node in getattr(op, "_inbound_nodes", []):
+            for t in node.input_tensors:
+                history = getattr(t, "_keras_history", None)
+                if history is not None:
+                    stack.append(history.operation)
+    return found
 
 
 def _describe(refs: Sequence[LayerRef], limit: int = 12) -> str:
@@ -139,11 +183,27 @@ def _check_model(model: Any) -> keras.Model:
     return model
 
 
-def default_layer(model: keras.Model, input_index: int = 0) -> LayerRef:
-    """The last layer with a spatial output that is not an output layer of the model."""
+def default_layer(model: keras.Model, input_index: int = 0, rank: int | None = None) -> LayerRef:
+    """The last layer with a spatial output that is not an output layer of the model.
+
+    ``rank`` overrides the output rank looked for (3 for transformer token layers); in
+    multi-input models only layers computed from input ``input_index`` qualify.
+    """
     _check_model(model)
     output_ops = {id(t._keras_history.operation) for t in model.outputs}
-    candidates = spatial_layers(model, input_index)
+    candidates = spatial_layers(model, input_index, rank)
+    if rank == 3:
+        # Transformers: the input of the last attention layer (pytorch-grad-cam's
+        # ``blocks[-1].norm1``). Later token layers of a class-token model get no
+        # gradient on their patch tokens, which would give empty maps.
+        attention = [r for r in iter_layers(model) if isinstance(r.layer, keras.layers.MultiHeadAttention)]
+        if attention:
+            last = attention[-1]
+            nodes = getattr(last.layer, "_inbound_nodes", [])
+            src = _producer(nodes[0].input_tensors[0]) if nodes and nodes[0].input_tensors else None
+            for ref in candidates:
+                if ref.layer is src:
+                    return ref
     for ref in candidates:
         if not ref.parents and id(ref.layer) in output_ops:
             continue  # the head itself (e.g. a segmentation output); look before it
@@ -154,7 +214,7 @@ def default_layer(model: keras.Model, input_index: int = 0) -> LayerRef:
         return candidates[0]
     raise LayerError(
         "Found no layer with a spatial output (rank "
-        f"{_input_rank(model, input_index)} like the input) to explain. Pass `layer=` "
+        f"{rank or _input_rank(model, input_index)}, computed from input {input_index}) to explain. Pass `layer=` "
         "explicitly, or, for token-sequence models, a `reshape` hook. "
         f"Received: model={model.name!r}"
     )
@@ -214,16 +274,82 @@ def _check_spatial(model: keras.Model, ref: LayerRef, input_index: int) -> Layer
 
 
 def resolve_layers(
-    model: keras.Model, layer: LayerSpec | Sequence[LayerSpec] | None, input_index: int = 0
+    model: keras.Model,
+    layer: LayerSpec | Sequence[LayerSpec] | None,
+    input_index: int = 0,
+    rank: int | None = None,
 ) -> list[LayerRef]:
-    """Resolves ``layer`` (None, a name/path, a Layer, or a list of them) to LayerRefs."""
+    """Resolves ``layer`` (None, a name/path, a Layer, or a list of them) to LayerRefs.
+
+    In a multi-input model every layer must be computed from input ``input_index``
+    (the input the maps are about); ``rank`` is passed to ``default_layer``.
+    """
     _check_model(model)
     if layer is None:
-        return [default_layer(model, input_index)]
+        return [default_layer(model, input_index, rank)]
     specs = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     if not specs:
         raise LayerError("Expected at least one layer. Received: layer=[]")
-    return [_resolve_one(model, s, input_index) for s in specs]
+    refs = [_resolve_one(model, s, input_index) for s in specs]
+    if len(model.inputs) > 1:
+        names = [t._keras_history.operation.name for t in model.inputs]
+        for ref in refs:
+            deps = input_dependencies(model, ref)
+            if input_index not in deps:
+                raise LayerError(
+                    f"Layer {ref.path!r} is computed from input(s) {[names[i] for i in sorted(deps)]}, "
+                    f"not from input {names[input_index]!r} that the maps are about; pick a layer "
+                    f"of that input's branch or pass `input=`. Received: layer={ref.path!r}"
+                )
+    return refs
+
+
+def tokens_to_grid(tokens: Any, grid: Sequence[int] | None = None, class_token: bool | None = None) -> Any:
+    """Turns transformer tokens ``(N, T, D)`` into a spatial grid ``(N, h, w, D)``.
+
+    The ``reshape`` hook of ``tfcam.Explainer(..., reshape="vit")`` (Grad-CAM on a ViT
+    follows pytorch-grad-cam's ``reshape_transform``). A leading class token is
+    dropped; for other layouts (distillation or register tokens) pass a callable.
+
+    Args:
+        tokens: a tensor ``(N, T, D)`` with a static ``T``.
+        grid: ``(h, w)``; None for a square grid.
+        class_token: whether the first token is a class token; None infers it: the
+            tokens after dropping ``T - h*w`` leading ones must fill the grid.
+
+    Returns:
+        ``(N, h, w, D)``.
+
+    Raises:
+        InputError: when the tokens cannot fill the grid.
+
+    Example:
+
+    >>> tokens_to_grid(tf.zeros((2, 17, 8))).shape   # class token + 4x4 patches
+    TensorShape([2, 4, 4, 8])
+    """
+    if len(tokens.shape) != 3 or tokens.shape[1] is None:
+        raise InputError(
+            "The 'vit' reshape expects token activations (batch, tokens, dim) with a known "
+            f"number of tokens. Received: activations shape {tuple(tokens.shape)}"
+        )
+    t = int(tokens.shape[1])
+    if grid is None:
+        side = math.isqrt(t)
+        if class_token is None and side * side != t:
+            side = math.isqrt(t - 1)
+        elif class_token:
+            side = math.isqrt(t - 1)
+        grid = (side, side)
+    h, w = (int(g) for g in grid)
+    extra = t - h * w if class_token is None else int(bool(class_token))
+    if extra not in (0, 1) or t - extra != h * w:
+        raise InputError(
+            f"Cannot arrange {t} tokens as a {h}x{w} grid (plus {'a class token' if class_token else 'none'}). "
+            "Pass reshape=(h, w) or a callable (N, tokens, dim) -> (N, h, w, dim). "
+            f"Received: activations shape {tuple(tokens.shape)}"
+        )
+    return tf.reshape(tokens[:, extra:], [-1, h, w, tokens.shape[-1]])
 
 
 # --------------------------------------------------------------------------- logits
@@ -377,7 +503,9 @@ def build_capture_model(
     ]
     struct = inputs[0] if len(inputs) == 1 and not isinstance(fmodel.input, (list, tuple, dict)) else inputs
     if isinstance(fmodel.input, dict):
-        struct = {k: inp for k, inp in zip(fmodel.input.keys(), inputs)}
+        # model.inputs is flattened in sorted-key order, not the dict's insertion order
+        position = {id(t): i for i, t in enumerate(fmodel.inputs)}
+        struct = {k: inputs[position[id(t)]] for k, t in fmodel.input.items()}
     cap = _Capture([r.layer for r in layers], want_logits)
     outputs, captured, logits = cap.run(fmodel, struct)
     acts = []

@@ -29,8 +29,10 @@ def resize_maps(maps: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
         size: the target spatial shape, ``len(size) == len(S)``.
     """
     rank = len(maps.shape) - 1
-    size = [int(s) for s in size]
-    if list(maps.shape[1:]) == size:
+    # a tensor entry: an input of variable length (e.g. a time series), read at run time
+    dynamic = any(isinstance(s, tf.Tensor) for s in size)
+    size = [s if isinstance(s, tf.Tensor) else int(s) for s in size]
+    if not dynamic and list(maps.shape[1:]) == size:
         return maps
     if rank == 2:
         return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]

@@ -24,6 +24,10 @@ __all__ = [
     "ClassTarget",
     "MultiLabelTarget",
     "SegmentationTarget",
+    "RegressionTarget",
+    "BoxTarget",
+    "SimilarityTarget",
+    "ReconstructionTarget",
     "CallableTarget",
     "as_target",
 ]
@@ -239,6 +243,244 @@ class SegmentationTarget(Target):
             idx_b = tf.reshape(idx, [-1] + [1] * (len(outputs.shape) - 2))
             region = tf.stop_gradient(tf.cast(pred == idx_b, outputs.dtype))
         return tf.reduce_sum(channel * region, axis=list(range(1, len(outputs.shape) - 1)))
+
+
+class RegressionTarget(Target):
+    """A regression output: one unit of ``(N,)``, ``(N, 1)`` or ``(N, K)`` outputs.
+
+    Gradient CAMs then show what raises the predicted value (``sign=+1``) or what lowers
+    it (``sign=-1``, the "counterfactual" view). With ``score="logit"`` a sigmoid output is
+    explained before the sigmoid; a linear output is explained as is.
+
+    Args:
+        index: the output unit (default 0); ignored for ``(N,)`` outputs.
+        sign: ``+1`` (explain increases) or ``-1`` (explain decreases).
+
+    Example:
+
+    >>> RegressionTarget(1)(tf.constant([[0.5, 2.0], [1.0, -3.0]])).numpy().tolist()
+    [2.0, -3.0]
+    """
+
+    def __init__(self, index: int = 0, sign: int = 1):
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+            raise TargetError(f"Expected a non-negative integer output index. Received: index={index!r}")
+        if sign not in (1, -1):
+            raise TargetError(f"Expected sign to be +1 or -1. Received: sign={sign!r}")
+        self.index = int(index)
+        self.sign = int(sign)
+
+    @property
+    def trace_key(self) -> Any:
+        return ("RegressionTarget", self.index, self.sign)
+
+    def validate(self, output_shape: tuple, n: int) -> None:
+        if len(output_shape) == 1:
+            return
+        if len(output_shape) != 2:
+            raise TargetError(
+                "A regression target needs an output shaped (batch,) or (batch, units); use "
+                "SegmentationTarget/BoxTarget for dense outputs. "
+                f"Received: output shape {output_shape}"
+            )
+        k = output_shape[-1]
+        if k is not None and self.index >= k:
+            raise TargetError(
+                f"Expected an output unit in [0, {k}). Received: index={self.index}"
+            )
+
+    def score(self, outputs, *arrays):
+        y = outputs if len(outputs.shape) == 1 else outputs[:, self.index]
+        return y * float(self.sign)
+
+
+def _box_mask(box: Any, spatial: tuple, n: int) -> np.ndarray:
+    rank = len(spatial)
+    b = np.asarray(box)
+    if b.dtype.kind not in "iuf" or b.shape not in ((2 * rank,), (n, 2 * rank)):
+        raise TargetError(
+            f"Expected a box as {2 * rank} integers (starts then stops, e.g. "
+            f"{'(y0, x0, y1, x1)' if rank == 2 else '(start..., stop...)'}) or one box per "
+            f"example shaped ({n}, {2 * rank}), in the output map's cells. "
+            f"Received: box with shape {b.shape}"
+        )
+    b = np.broadcast_to(b.astype(np.int64), (n, 2 * rank))
+    lo, hi = b[:, :rank], b[:, rank:]
+    if (lo < 0).any() or (hi > np.asarray(spatial)).any() or (hi <= lo).any():
+        raise TargetError(
+            f"Expected 0 <= start < stop <= size on every axis of the output map {spatial}. "
+            f"Received: box={np.asarray(box).tolist()}"
+        )
+    mask = np.zeros((n,) + tuple(spatial), np.float32)
+    for i in range(n):  # host-side, once per call, before the compiled step
+        mask[(i,) + tuple(slice(a, z) for a, z in zip(lo[i], hi[i]))] = 1.0
+    return mask
+
+
+class BoxTarget(SegmentationTarget):
+    """A class's score summed inside a box of a dense output ``(N, *S, K)``.
+
+    For dense detection heads (one class-score map per class, e.g. CenterNet/FCOS/YOLO
+    style heads) and segmentation models: explains why the model sees ``class_index``
+    in that region. The box is given in cells of the *output map* (not input pixels).
+
+    Args:
+        class_index: the class (int, or one per example).
+        box: ``(y0, x0, y1, x1)`` for 2-D maps, generally the ``rank`` starts then the
+            ``rank`` stops (half-open), or one box per example ``(N, 2 * rank)``.
+
+    Example:
+
+    >>> out = tf.ones((1, 4, 4, 2))
+    >>> BoxTarget(1, (0, 0, 2, 3))(out).numpy().tolist()   # 2 x 3 cells
+    [6.0]
+    """
+
+    def __init__(self, class_index: int | Sequence[int], box: Sequence[int] | np.ndarray):
+        super().__init__(class_index, None)
+        self.box = box
+
+    @property
+    def trace_key(self) -> Any:
+        return ("SegmentationTarget", False)
+
+    def validate(self, output_shape: tuple, n: int) -> None:
+        super().validate(output_shape, n)
+        spatial = tuple(output_shape[1:-1])
+        if any(s is None for s in spatial):
+            raise TargetError(
+                f"A box target needs an output with a known spatial shape. Received: output shape {output_shape}"
+            )
+        _box_mask(self.box, spatial, n)
+
+    def arrays(self, n: int) -> tuple[np.ndarray, ...]:
+        if self._spatial is None:
+            raise TargetError("BoxTarget must be validated against an output first.")
+        idx = _broadcast_indices(self.class_index_, n, "class indices")
+        return (idx, _box_mask(self.box, self._spatial, n))
+
+    def __call__(self, outputs: tf.Tensor) -> tf.Tensor:
+        self.validate(tuple(outputs.shape), outputs.shape[0])
+        return super().__call__(outputs)
+
+
+class SimilarityTarget(Target):
+    """Cosine similarity of an embedding output ``(N, D)`` to a reference embedding.
+
+    For embedding / metric-learning models (face or image retrieval, Siamese towers):
+    the map shows which regions make the input look like the reference.
+    ``score = <e, r> / (||e|| ||r||)`` (0 for a zero vector).
+
+    Args:
+        reference: ``(D,)`` for all examples, or ``(N, D)`` one per example (e.g. the
+            embeddings of the images to compare with, from ``model.predict``).
+
+    Example:
+
+    >>> SimilarityTarget([1.0, 0.0])(tf.constant([[2.0, 0.0], [0.0, 3.0]])).numpy().tolist()
+    [1.0, 0.0]
+    """
+
+    def __init__(self, reference: Any):
+        ref = np.asarray(reference, np.float32)
+        if ref.ndim not in (1, 2) or not np.all(np.isfinite(ref)):
+            raise TargetError(
+                "Expected a finite reference embedding shaped (dim,) or (batch, dim). "
+                f"Received: reference with shape {ref.shape}"
+            )
+        self.reference = ref
+
+    def validate(self, output_shape: tuple, n: int) -> None:
+        d = output_shape[-1]
+        if len(output_shape) != 2:
+            raise TargetError(
+                "A similarity target needs an embedding output shaped (batch, dim). "
+                f"Received: output shape {output_shape}"
+            )
+        ref = self.reference
+        if ref.shape[-1] != d or (ref.ndim == 2 and ref.shape[0] != n):
+            raise TargetError(
+                f"Expected a reference shaped ({d},) or ({n}, {d}) to match the output. "
+                f"Received: reference with shape {ref.shape}"
+            )
+
+    def arrays(self, n: int) -> tuple[np.ndarray, ...]:
+        ref = self.reference
+        return (np.ascontiguousarray(np.broadcast_to(ref, (n, ref.shape[-1])) if ref.ndim == 1 else ref),)
+
+    def score(self, outputs, *arrays):
+        ref = tf.cast(arrays[0], outputs.dtype)
+        num = tf.reduce_sum(outputs * ref, axis=-1)
+        den = tf.norm(outputs, axis=-1) * tf.norm(ref, axis=-1)
+        return tf.math.divide_no_nan(num, den)
+
+
+class ReconstructionTarget(Target):
+    """Reconstruction error of an autoencoder: ``mean((output - reference)^2)`` per example.
+
+    Anomaly heatmaps: gradient CAMs then show the regions that drive the error up. The
+    reference is usually the input batch itself (pass the same images you explain);
+    it is a constant, so only the reconstruction path is explained. Use
+    ``score="probability"`` when the output has a final sigmoid, so that the error is
+    measured on what the model outputs.
+
+    Args:
+        reference: the targets of the reconstruction, shaped like the output
+            ``(N, *S, C)``.
+        mask: optional ``(*S)`` or ``(N, *S)`` weights restricting the error to a region.
+
+    Example:
+
+    >>> ReconstructionTarget(np.zeros((1, 2, 1)))(tf.constant([[[1.0], [3.0]]])).numpy().tolist()
+    [5.0]
+    """
+
+    def __init__(self, reference: Any, mask: Any = None):
+        ref = np.asarray(reference, np.float32)
+        if ref.ndim < 2 or not np.all(np.isfinite(ref)):
+            raise TargetError(
+                "Expected finite reference data shaped like the model output (batch, ...). "
+                f"Received: reference with shape {ref.shape}"
+            )
+        self.reference = ref
+        self.mask = None if mask is None else np.asarray(mask, np.float32)
+
+    @property
+    def trace_key(self) -> Any:
+        return ("ReconstructionTarget", self.mask is None)
+
+    def validate(self, output_shape: tuple, n: int) -> None:
+        ref = self.reference
+        if ref.shape[0] != n or any(w is not None and w != g for g, w in zip(ref.shape[1:], output_shape[1:])) \
+                or ref.ndim != len(output_shape):
+            raise TargetError(
+                f"Expected a reference shaped like the output ({n},) + {tuple(output_shape[1:])} "
+                "(one per explained example). "
+                f"Received: reference with shape {ref.shape}"
+            )
+        if self.mask is not None:
+            spatial = ref.shape[1:-1]
+            if self.mask.shape not in (spatial, (n,) + spatial):
+                raise TargetError(
+                    f"Expected a mask shaped {spatial} or {(n,) + spatial}. Received: mask shape {self.mask.shape}"
+                )
+
+    def arrays(self, n: int) -> tuple[np.ndarray, ...]:
+        if self.mask is None:
+            return (self.reference,)
+        m = self.mask
+        if m.ndim == self.reference.ndim - 2:
+            m = np.broadcast_to(m, (n,) + m.shape)
+        return (self.reference, np.ascontiguousarray(m))
+
+    def score(self, outputs, *arrays):
+        err = tf.square(outputs - tf.cast(arrays[0], outputs.dtype))
+        axes = list(range(1, len(outputs.shape)))
+        if len(arrays) > 1:
+            m = tf.cast(arrays[1], outputs.dtype)[..., None]
+            return tf.math.divide_no_nan(tf.reduce_sum(err * m, axis=axes),
+                                         tf.reduce_sum(m * tf.ones_like(err), axis=axes))
+        return tf.reduce_mean(err, axis=axes)
 
 
 class CallableTarget(Target):

@@ -44,6 +44,10 @@ class Method:
             (e.g. ``top_k``); they reach ``fn`` as ``extras["options"]`` (cam/input) or
             ``ctx.options`` (runner). Unknown options are rejected at construction.
         per_layer: False for methods whose map does not depend on the target layer.
+        spatial_ranks: the numbers of spatial axes the method supports (1: Conv1D /
+            time series, 2: images, 3: volumes). For ``kind="cam"`` this is the rank of
+            the target layer's map, otherwise the rank of the explained input. The
+            engine raises ``MethodError`` before computing anything for other ranks.
     """
 
     name: str
@@ -56,6 +60,7 @@ class Method:
     aliases: tuple = ()
     options: tuple = ()
     per_layer: bool = True
+    spatial_ranks: tuple = (1, 2, 3)
 
 
 REGISTRY: dict[str, Method] = {}
@@ -72,6 +77,10 @@ def register(method: Method) -> Method:
         raise MethodError(f"kind must be 'cam', 'input' or 'runner'. Received: kind={method.kind!r}")
     if method.returns not in ("weights", "map"):
         raise MethodError(f"returns must be 'weights' or 'map'. Received: returns={method.returns!r}")
+    if not method.spatial_ranks or any(r not in (1, 2, 3) for r in method.spatial_ranks):
+        raise MethodError(
+            f"spatial_ranks must be a non-empty subset of (1, 2, 3). Received: spatial_ranks={method.spatial_ranks!r}"
+        )
     REGISTRY[method.name] = method
     for alias in (method.name,) + tuple(method.aliases):
         _ALIASES[_key(alias)] = method.name
