@@ -33,7 +33,8 @@ if _keras.backend.backend() != "tensorflow":
         f"Received: keras backend={_keras.backend.backend()!r}"
     )
 
-from tfcam import datasets, targets, viz  # noqa: E402
+from tfcam import dataset, datasets, targets, viz  # noqa: E402
+from tfcam.dataset import ExplanationShards, MemoryWriter, ShardWriter, Writer, explain_dataset  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
 from tfcam.layers import spatial_layers  # noqa: E402
 from tfcam.methods import REGISTRY as _REGISTRY  # noqa: E402
@@ -46,6 +47,12 @@ __all__ = [
     "__version__",
     "Explainer",
     "Explanation",
+    "explain_dataset",
+    "ExplanationShards",
+    "Writer",
+    "MemoryWriter",
+    "ShardWriter",
+    "dataset",
     "METHODS",
     "COLORMAPS",
     "colorize",
