@@ -28,6 +28,7 @@ import os
 import shutil
 import uuid
 import warnings
+import weakref
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -684,7 +685,7 @@ class _Computer:
         methods = [get_method(n) for n in names]
         self.in_step = [m.name for m in methods if m.kind != "runner"]
         self.runners = [m.name for m in methods if m.kind == "runner"]
-        self._dist: dict[int, Any] = {}
+        self._per = 1
 
     def __call__(self, x: Any, target: Target) -> dict[str, np.ndarray]:
         if self.strategy is None:
@@ -702,17 +703,12 @@ class _Computer:
         target.validate(ex._output_shape(), n)
         arrays = target.arrays(n)
         step = ex.step_function(self.in_step, target, arrays, resize=self.resize, normalize=self.normalize)
-        fn = self._dist.get(id(step))
-        if fn is None:
-            def run(values):
-                per_replica = strategy.run(lambda xb, ab: step(xb, ab), args=values)
-                return tf.nest.map_structure(lambda t: strategy.gather(t, axis=0), per_replica)
-            fn = tf.function(run, autograph=False, reduce_retracing=True)
-            self._dist[id(step)] = fn
+        fn = _distributed_step(step, strategy)
         replicas = strategy.num_replicas_in_sync
-        per = -(-n // replicas)
-        # pad with copies of the last example so that every replica gets the same share;
-        # no computation crosses the batch axis, and the copies are dropped after gathering
+        # pad with copies of the last example so that every replica gets the same share (the
+        # largest seen so far: a short last batch does not retrace); no computation crosses
+        # the batch axis, and the copies are dropped after gathering
+        self._per = per = max(self._per, -(-n // replicas))
         pad = np.minimum(np.arange(per * replicas), n - 1)
         xp, ap = _take(x, pad), tuple(a[pad] for a in arrays)
 
@@ -729,6 +725,24 @@ class _Computer:
             res = ex.explain(x, target, self.runners, resize=self.resize, normalize=self.normalize, verbose=0)
             out.update({k: res[k] for k in self.runners})
         return {k: out[k] for k in (*self.names, "predictions", "scores")}
+
+
+_DIST_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _distributed_step(step: Any, strategy: tf.distribute.Strategy) -> Any:
+    """One compiled ``strategy.run`` + ``strategy.gather`` per (step, strategy), cached."""
+    per_strategy = _DIST_FNS.setdefault(step, weakref.WeakKeyDictionary())
+    fn = per_strategy.get(strategy)
+    if fn is None:
+        def run(values):
+            # a plain callable: strategy.run re-wraps a tf.function with its input signature,
+            # which would not accept the per-replica values
+            per_replica = strategy.run(lambda xb, ab: step(xb, ab), args=values)
+            return tf.nest.map_structure(lambda t: strategy.gather(t, axis=0), per_replica)
+        fn = tf.function(run, autograph=False, reduce_retracing=True)
+        per_strategy[strategy] = fn
+    return fn
 
 
 def _weights_digest(model: keras.Model) -> str:
