@@ -838,7 +838,9 @@ def explain_dataset(
     tgt = _Targets(targets)
     fingerprint = {
         "methods": names, "targets": tgt.describe(), "resize": bool(resize), "normalize": bool(normalize),
-        "model": explainer.model.name, "weights_sha1": _weights_digest(explainer.model),
+        "model": explainer.model.name,
+        # resuming with other weights would mix two models' results; memory runs never resume
+        "weights_sha1": None if isinstance(writer, MemoryWriter) else _weights_digest(explainer.model),
         "layers": explainer.layer_names, "score": explainer.score, "output": explainer._output_index,
         "options": {k: repr(v) for k, v in sorted(explainer.options.items())},
     }
