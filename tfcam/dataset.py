@@ -861,7 +861,8 @@ def explain_dataset(
                 idx = indices if sel is None else indices[sel]
                 results = compute(xs, tgt.for_batch(idx, ys))
                 results["indices"] = idx
-                if ys is not None and isinstance(ys, np.ndarray) and ys.ndim >= 1 and len(ys) == len(idx):
+                if (isinstance(ys, np.ndarray) and ys.dtype.kind in "biuf" and ys.ndim >= 1
+                        and len(ys) == len(idx)):  # numeric labels are kept with the results
                     results["labels"] = ys
                 writer.write(idx, results, xs if writer.wants_images else None)
             offset += n
