@@ -295,3 +295,24 @@ def test_public_names():
         assert getattr(tfcam, name) is getattr(tfcam.dataset, name)
     assert isinstance(ShardWriter("x", 3), Writer)
     assert tfcam.explain_dataset.__doc__ and tfcam.Explainer.explain_dataset.__doc__
+
+
+def test_shard_being_filled_is_buffered_on_disk_not_in_memory(tmp_path):
+    w = ShardWriter(tmp_path / "o", shard_size=4)
+    w.open({"methods": ["gradcam"]})
+    maps = np.arange(3 * 2 * 2, dtype="float32").reshape(3, 2, 2)
+    res = {"gradcam": maps, "predictions": np.ones((3, 4), "float32"), "scores": np.ones(3, "float32"),
+           "indices": np.arange(3)}
+    w.write(np.arange(3), res)
+    parts = [p for p in os.listdir(tmp_path / "o") if p.startswith(".parts-")]
+    assert len(parts) == 1 and not any(f.endswith(".npz") for f in os.listdir(tmp_path / "o"))
+    sizes = sorted(os.path.getsize(tmp_path / "o" / parts[0] / f) for f in os.listdir(tmp_path / "o" / parts[0]))
+    assert sizes == sorted([maps.nbytes, 3 * 4 * 4, 3 * 4, 3 * 8])  # the batch went to files
+    w.write(np.arange(3, 5), {k: v[:2] for k, v in res.items()} | {"indices": np.arange(3, 5)})
+    assert os.path.exists(tmp_path / "o" / "shard-00000.npz")  # committed as soon as full
+    with np.load(tmp_path / "o" / "shard-00000.npz") as z:
+        np.testing.assert_array_equal(z["gradcam"], np.concatenate([maps, maps[:1]]))
+        np.testing.assert_array_equal(z["indices"], np.arange(4))
+    w.abort()  # the open shard (example 4) is dropped, the committed one stays valid
+    assert not [p for p in os.listdir(tmp_path / "o") if p.startswith(".")]
+    assert ExplanationShards(tmp_path / "o").verify() == []
