@@ -56,7 +56,8 @@ import keras as _keras  # noqa: E402
 if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with another backend
     raise _backend_error(_keras.backend.backend())
 
-from tfcam import datasets, targets, viz  # noqa: E402
+from tfcam import dataset, datasets, targets, viz  # noqa: E402
+from tfcam.dataset import ExplanationShards, MemoryWriter, ShardWriter, Writer, explain_dataset  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
 from tfcam.layers import spatial_layers, tokens_to_grid  # noqa: E402
 from tfcam.methods import REGISTRY as _REGISTRY  # noqa: E402
@@ -69,6 +70,12 @@ __all__ = [
     "__version__",
     "Explainer",
     "Explanation",
+    "explain_dataset",
+    "ExplanationShards",
+    "Writer",
+    "MemoryWriter",
+    "ShardWriter",
+    "dataset",
     "METHODS",
     "COLORMAPS",
     "colorize",

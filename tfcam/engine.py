@@ -674,6 +674,33 @@ class Explainer:
         result.scores = np.concatenate(scores)
         return result
 
+    def step_function(self, methods: Sequence[str], target: Target, arrays: tuple, *, resize: bool = True,
+                      normalize: bool = True):
+        """The compiled per-batch step ``(x, arrays) -> (maps, scores, predictions)`` (cached).
+
+        What ``explain`` runs for every batch of in-step (cam/input) methods; exposed so that
+        ``tfcam.dataset`` can run it on each replica with ``strategy.run``.
+        """
+        resolved = tuple(dict.fromkeys(get_method(n) for n in methods))
+        return self._get_step(resolved, target, resize, normalize, arrays)
+
+    def explain_dataset(
+        self,
+        dataset: Any,
+        targets: Any = None,
+        methods: str | Sequence[str] | None = None,
+        output: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Explains a whole ``tf.data.Dataset`` (or any iterable of batches), streaming.
+
+        See ``tfcam.dataset.explain_dataset`` for the arguments (writers, resumption,
+        ``strategy=``).
+        """
+        from tfcam.dataset import explain_dataset
+
+        return explain_dataset(self, dataset, targets, methods, output, **kwargs)
+
     def __call__(
         self,
         images: Any,
