@@ -33,10 +33,12 @@ if _keras.backend.backend() != "tensorflow":
         f"Received: keras backend={_keras.backend.backend()!r}"
     )
 
-from tfcam import datasets, targets, viz  # noqa: E402
+from tfcam import callbacks, datasets, matrix, outputs, targets, viz  # noqa: E402  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
 from tfcam.layers import spatial_layers  # noqa: E402
+from tfcam.matrix import matrix_image, plot_matrix  # noqa: E402
 from tfcam.methods import REGISTRY as _REGISTRY  # noqa: E402
+from tfcam.outputs import AnomalyMaps, anomaly_map, probability_map  # noqa: E402
 from tfcam.viz import COLORMAPS, colorize, overlay, plot  # noqa: E402
 
 #: Names of every method an Explainer accepts (aliases are accepted too).
@@ -55,6 +57,14 @@ __all__ = [
     "targets",
     "datasets",
     "viz",
+    "probability_map",
+    "anomaly_map",
+    "AnomalyMaps",
+    "plot_matrix",
+    "matrix_image",
+    "callbacks",
+    "matrix",
+    "outputs",
     "TfcamError",
     "BackendError",
     "LayerError",
