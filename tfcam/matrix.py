@@ -22,6 +22,15 @@ __all__ = ["plot_matrix", "matrix_image", "normalize_matrix", "NORMALIZE"]
 NORMALIZE: tuple[str, ...] = ("row", "true", "column", "pred", "all")
 
 
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401 - lazy: only when a matrix is drawn
+    except ImportError as err:
+        raise ImportError(
+            "Drawing a matrix needs matplotlib: pip install 'tfcam[image]' (or matplotlib)."
+        ) from err
+
+
 def _as_matrix(matrix: Any) -> np.ndarray:
     if hasattr(matrix, "numpy"):
         matrix = matrix.numpy()
@@ -204,6 +213,7 @@ def plot_matrix(
     >>> fig = tfcam.plot_matrix(cm, labels=class_names, normalize="row", xlabel="predicted", ylabel="true")
     >>> fig = tfcam.plot_matrix(np.corrcoef(features.T), labels=feature_names)   # diverging, centred on 0
     """
+    _require_matplotlib()
     if ax is None:
         _as_matrix(matrix)  # validate before creating a figure
         import matplotlib.pyplot as plt
@@ -240,6 +250,7 @@ def matrix_image(matrix: Any, *, dpi: int = 100, figsize: tuple[float, float] | 
     >>> img = tfcam.matrix_image(cm, labels=class_names)
     >>> tf.summary.image("confusion", img[None], step=epoch)
     """
+    _require_matplotlib()
     m = _as_matrix(matrix)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
