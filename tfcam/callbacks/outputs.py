@@ -21,15 +21,34 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from tfcam.errors import InputError, InputTypeError, TargetError
 from tfcam.matrix import NORMALIZE, matrix_image
 from tfcam.outputs import probability_map
 from tfcam.viz import colorize, colormap_lut, overlay
 
-__all__ = ["ConfusionMatrixCallback", "ProbabilityMapCallback"]
+__all__ = ["ConfusionMatrixCallback", "ProbabilityMapCallback", "write_image_summary"]
 
 logger = logging.getLogger("tfcam")
+
+
+def write_image_summary(tag: str, images: np.ndarray, step: int) -> None:
+    """Writes uint8 ``(N, H, W, 3)`` images to the default ``tf.summary`` writer.
+
+    The same record as TensorBoard's ``tf.summary.image`` (a string tensor
+    ``[width, height, png, png, ...]`` with the ``"images"`` plugin metadata), written with
+    TensorFlow's own ``tf.summary.write``, so the ``tensorboard`` package is not needed to
+    log (only to view).
+    """
+    images = np.asarray(images, np.uint8)
+    pngs = [tf.io.encode_png(img) for img in images]
+    tensor = tf.stack([tf.constant(str(images.shape[2])), tf.constant(str(images.shape[1]))] + pngs)
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="images"),
+        data_class=summary_pb2.DATA_CLASS_BLOB_SEQUENCE,
+    )
+    tf.summary.write(tag, tensor, step=step, metadata=metadata)
 
 
 class _EpochImageCallback(keras.callbacks.Callback):
@@ -78,7 +97,7 @@ class _EpochImageCallback(keras.callbacks.Callback):
             writer = self._get_writer()
             with writer.as_default():
                 for tag, img in images.items():
-                    tf.summary.image(tag, img, step=epoch, max_outputs=len(img))
+                    write_image_summary(tag, img, epoch)
             writer.flush()
         except Exception as err:  # noqa: BLE001 - a picture must never stop training
             self.failures += 1
