@@ -288,3 +288,19 @@ def test_anomaly_map_errors(rng, cnn):
         tfcam.anomaly_map(model, y, score="p99")
     with pytest.raises(tfcam.InputError, match="non-finite"):
         tfcam.anomaly_map(model, np.full((1, 8, 8, 3), np.nan, np.float32))
+
+
+def test_fully_convolutional_model_any_size_and_uint8(rng):
+    """Input spatial size None: each image size gets its own compiled function, resized to that size."""
+    inp = keras.Input((None, None, 2))
+    c = keras.layers.Conv2D(2, 1)
+    out = keras.layers.Softmax()(keras.layers.AveragePooling2D(2)(c(inp)))
+    model = keras.Model(inp, out)
+    w = np.array([[0.01, -0.02], [0.03, 0.0]], np.float32)
+    c.set_weights([w[None, None], np.zeros(2, np.float32)])
+    for size in (8, 12):
+        x = rng.integers(0, 256, size=(2, size, size, 2)).astype(np.uint8)
+        probs = softmax_np((x.astype(np.float64) @ w).reshape(2, size // 2, 2, size // 2, 2, 2).mean(axis=(2, 4)))
+        got = tfcam.probability_map(model, x, 1)
+        assert got.shape == (2, size, size)
+        np.testing.assert_allclose(got, resize_linear_np(probs[..., 1], (size, size)), atol=1e-5)
