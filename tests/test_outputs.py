@@ -230,6 +230,8 @@ def test_gaussian_smooth_1d_and_3d(rng):
     np.testing.assert_allclose(tfcam.outputs.gaussian_smooth(m1, 1.2).numpy(), gaussian_np(m1, 1.2), atol=1e-6)
     m3 = rng.uniform(size=(1, 4, 5, 6)).astype(np.float32)
     np.testing.assert_allclose(tfcam.outputs.gaussian_smooth(m3, 0.8).numpy(), gaussian_np(m3, 0.8), atol=1e-6)
+    with pytest.raises(tfcam.InputError, match="Received: sigma=0"):
+        tfcam.outputs.gaussian_smooth(m1, 0)
 
 
 def test_anomaly_map_ranks_the_injected_defect_first(rng):

@@ -293,8 +293,19 @@ def gaussian_smooth(maps: tf.Tensor, sigma: float, truncate: float = 4.0) -> tf.
 
     Returns:
         The smoothed maps, same shape.
+
+    Raises:
+        InputError: ``sigma`` or ``truncate`` not positive, or maps without spatial axes.
+
+    Example:
+
+    >>> smoothed = tfcam.outputs.gaussian_smooth(error_maps, sigma=2.0)
     """
+    if not float(sigma) > 0 or not float(truncate) > 0:
+        raise InputError(f"Expected positive sigma and truncate. Received: sigma={sigma!r}, truncate={truncate!r}")
     rank = len(maps.shape) - 1
+    if rank < 1:
+        raise InputError(f"Expected maps shaped (N, *spatial). Received: maps.shape={tuple(maps.shape)}")
     out = tf.cast(maps, tf.float32)
     for axis in range(1, rank + 1):
         length = int(out.shape[axis])
@@ -375,7 +386,7 @@ def anomaly_map(
     deviation ``smooth`` pixels (a separable convolution in TensorFlow, see
     ``gaussian_smooth``); the image's score is the mean (with squared error and channel
     mean: the image's MSE) or the max of its map. This is the classical reconstruction-based
-    anomaly detector (e.g. Bergmann et al. 2019, "MVTec AD", CVPR, sec. 4.2: per-pixel
+    anomaly detector (e.g. Bergmann et al. 2019, "MVTec AD", CVPR, sec. 4: per-pixel
     l2 residual maps of convolutional autoencoders).
 
     Args:

@@ -210,9 +210,9 @@ class ConfusionMatrixCallback(_EpochImageCallback):
                 "Expected validation_data as an (x, y) tuple or a tf.data.Dataset of (x, y) batches. "
                 f"Received: validation_data of type {type(validation_data).__name__}"
             )
-        self.class_names = None if class_names is None else [str(c) for c in class_names]
         if isinstance(class_names, str):
             raise InputTypeError(f"Expected a sequence of class names. Received: class_names={class_names!r}")
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.normalize = normalize
         self.batch_size = int(batch_size)
         self.output = output
