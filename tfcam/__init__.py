@@ -56,11 +56,13 @@ import keras as _keras  # noqa: E402
 if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with another backend
     raise _backend_error(_keras.backend.backend())
 
-from tfcam import dataset, datasets, targets, viz  # noqa: E402
+from tfcam import callbacks, dataset, datasets, matrix, outputs, targets, viz  # noqa: E402
 from tfcam.dataset import ExplanationShards, MemoryWriter, ShardWriter, Writer, explain_dataset  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
 from tfcam.layers import spatial_layers, tokens_to_grid  # noqa: E402
+from tfcam.matrix import matrix_image, plot_matrix  # noqa: E402
 from tfcam.methods import REGISTRY as _REGISTRY  # noqa: E402
+from tfcam.outputs import AnomalyMaps, anomaly_map, probability_map  # noqa: E402
 from tfcam.viz import COLORMAPS, colorize, overlay, plot  # noqa: E402
 
 #: Names of every method an Explainer accepts (aliases are accepted too).
@@ -86,6 +88,14 @@ __all__ = [
     "targets",
     "datasets",
     "viz",
+    "probability_map",
+    "anomaly_map",
+    "AnomalyMaps",
+    "plot_matrix",
+    "matrix_image",
+    "callbacks",
+    "matrix",
+    "outputs",
     "TfcamError",
     "BackendError",
     "LayerError",
