@@ -35,8 +35,10 @@ if _keras.backend.backend() != "tensorflow":
 
 from tfcam import datasets, targets, viz  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
+from tfcam.introspection import FeatureMaps, Filters, feature_maps, filters, maximize_activation  # noqa: E402
 from tfcam.layers import spatial_layers  # noqa: E402
 from tfcam.methods import REGISTRY as _REGISTRY  # noqa: E402
+from tfcam.methods.attribution import Attributions, attribute  # noqa: E402
 from tfcam.viz import COLORMAPS, colorize, overlay, plot  # noqa: E402
 
 #: Names of every method an Explainer accepts (aliases are accepted too).
@@ -51,6 +53,13 @@ __all__ = [
     "colorize",
     "overlay",
     "plot",
+    "attribute",
+    "Attributions",
+    "feature_maps",
+    "FeatureMaps",
+    "filters",
+    "Filters",
+    "maximize_activation",
     "spatial_layers",
     "targets",
     "datasets",
