@@ -163,7 +163,7 @@ def plot(
     """
     renderer = getattr(images, "__tfcam_plot__", None)
     if renderer is not None and maps is None:
-        return renderer(colormap=colormap if colormap != "jet" else "viridis", **options)
+        return renderer(colormap=colormap, **options)
     if options:
         raise InputError(f"Unexpected plot options for images and maps. Received: {sorted(options)}")
     import matplotlib.pyplot as plt
