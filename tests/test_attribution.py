@@ -362,3 +362,26 @@ def test_attribute_errors(cnn, rng):
         tfcam.attribute(tfcam.Explainer(cnn, "c2"), x)  # gradcam has no pixel attributions
     with pytest.raises(tfcam.MethodError, match="integrated_gradients"):
         tfcam.attribute(tfcam.Explainer(cnn, "c2", method="saliency"), x).completeness_error  # noqa: B018
+
+
+def test_guided_relu6_layer_matches_numpy(rng):
+    """ReLU(max_value=6) (MobileNetV2's activation) is gated too: g * 1[0 < z < 6] * 1[g > 0]."""
+    inp = keras.Input((3, 3, 1))
+    z = keras.layers.Conv2D(2, 2, name="c")(inp)
+    out = keras.layers.Dense(2)(keras.layers.Flatten()(keras.layers.ReLU(6.0)(z)))
+    model = keras.Model(inp, out)
+    k = rng.normal(size=(2, 2, 1, 2)).astype(np.float32) * 4
+    model.get_layer("c").set_weights([k, np.zeros(2, np.float32)])
+    w = model.layers[-1].kernel.numpy()
+    x = rng.normal(size=(4, 3, 3, 1)).astype(np.float32)
+    got = tfcam.attribute(tfcam.Explainer(model, "c", method="guided_backprop"), x, 1).values
+    for i in range(4):
+        zi = np.stack([[np.einsum("ab,abk->k", x[i, r:r + 2, s:s + 2, 0], k[:, :, 0]) for s in range(2)]
+                       for r in range(2)])
+        g = w[:, 1].reshape(2, 2, 2)
+        g0 = g * ((zi > 0) & (zi < 6)) * (g > 0)
+        dx = np.zeros((3, 3, 1))
+        for r in range(2):
+            for s in range(2):
+                dx[r:r + 2, s:s + 2, 0] += k[:, :, 0] @ g0[r, s]
+        np.testing.assert_allclose(got[i], dx, rtol=1e-4, atol=1e-5)
