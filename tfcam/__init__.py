@@ -59,9 +59,11 @@ if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with 
 from tfcam import callbacks, dataset, datasets, matrix, outputs, targets, viz  # noqa: E402
 from tfcam.dataset import ExplanationShards, MemoryWriter, ShardWriter, Writer, explain_dataset  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
+from tfcam.introspection import FeatureMaps, Filters, feature_maps, filters, maximize_activation  # noqa: E402
 from tfcam.layers import spatial_layers, tokens_to_grid  # noqa: E402
 from tfcam.matrix import matrix_image, plot_matrix  # noqa: E402
 from tfcam.methods import REGISTRY as _REGISTRY  # noqa: E402
+from tfcam.methods.attribution import Attributions, attribute  # noqa: E402
 from tfcam.outputs import AnomalyMaps, anomaly_map, probability_map  # noqa: E402
 from tfcam.viz import COLORMAPS, colorize, overlay, plot  # noqa: E402
 
@@ -83,6 +85,13 @@ __all__ = [
     "colorize",
     "overlay",
     "plot",
+    "attribute",
+    "Attributions",
+    "feature_maps",
+    "FeatureMaps",
+    "filters",
+    "Filters",
+    "maximize_activation",
     "spatial_layers",
     "tokens_to_grid",
     "targets",

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tfcam.errors import InputError, InputTypeError
 
-__all__ = ["COLORMAPS", "colormap_lut", "colorize", "to_uint8_images", "overlay", "plot"]
+__all__ = ["COLORMAPS", "colormap_lut", "colorize", "to_uint8_images", "overlay", "plot", "grid"]
 
 _LUT_FILE = os.path.join(os.path.dirname(__file__), "colormaps.npz")
 
@@ -149,14 +149,23 @@ def plot(
     alpha: float = 0.4,
     titles: Sequence[str] | None = None,
     max_rows: int = 8,
+    **options: Any,
 ):
     """A matplotlib figure with one row per image: image | heatmap | overlay.
 
-    With ``maps=None`` the images alone are drawn in a grid (e.g. feature maps).
+    With ``maps=None`` the images alone are drawn in a grid. Objects that draw
+    themselves (``tfcam.feature_maps(...)``: the top channels; ``tfcam.filters(...)``)
+    are drawn by their own renderer, which reads ``options`` (e.g. ``top=16``,
+    ``example=0``).
 
     Returns:
         The ``matplotlib.figure.Figure`` (matplotlib is imported lazily).
     """
+    renderer = getattr(images, "__tfcam_plot__", None)
+    if renderer is not None and maps is None:
+        return renderer(colormap=colormap, **options)
+    if options:
+        raise InputError(f"Unexpected plot options for images and maps. Received: {sorted(options)}")
     import matplotlib.pyplot as plt
 
     img = to_uint8_images(images)[:max_rows]
@@ -188,3 +197,27 @@ def plot(
     axes[0, 2].set_title("overlay", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def grid(tiles: Any, cols: int | None = None, pad: int = 1, pad_value: int = 255) -> np.ndarray:
+    """Tiles ``(K, h, w[, 3])`` (uint8 or floats in [0, 1]) -> one uint8 RGB mosaic.
+
+    Args:
+        tiles: images of one size; grayscale tiles are repeated to RGB.
+        cols: tiles per row (default ``ceil(sqrt(K))``).
+        pad: pixels between tiles. pad_value: their gray level.
+
+    Returns:
+        ``(rows * (h + pad) - pad, cols * (w + pad) - pad, 3)`` uint8, row-major order.
+    """
+    t = to_uint8_images(tiles)
+    k, h, w = t.shape[:3]
+    if k == 0:
+        raise InputError(f"Expected at least one tile. Received: tiles.shape={t.shape}")
+    cols = int(np.ceil(np.sqrt(k))) if cols is None else max(1, int(cols))
+    rows = int(np.ceil(k / cols))
+    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, 3), pad_value, np.uint8)
+    for i in range(k):
+        r, c = divmod(i, cols)
+        out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = t[i]
+    return out
