@@ -127,3 +127,58 @@ def test_class_only_scores_reject_other_targets(cnn, rng):
     x = rng.uniform(size=(1, 16, 16, 3)).astype(np.float32)
     with pytest.raises(tfcam.MethodError, match="class targets"):
         tfcam.Explainer(cnn, "c2", method="finercam")(x, lambda out: tf.reduce_sum(out, -1))
+
+
+def test_eigen_smooth_projects_the_weighted_activations(cnn, rng):
+    from reference import eigen
+
+    x = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
+    classes = np.array([1, 3])
+    raw = tfcam.Explainer(cnn, "c2", eigen_smooth=True)(x, classes, resize=False, normalize=False)
+    head = cnn.get_layer("head")
+    W = head.get_weights()[0].astype(np.float64)
+    A_all = _acts(cnn, x, "c2")
+    for i, c in enumerate(classes):
+        A = A_all[i].reshape(-1, 6)
+        w = W[:, c] / A.shape[0]  # Grad-CAM weights of a GAP + Dense head
+        np.testing.assert_allclose(raw[i].ravel(), eigen(A * w[None, :]), rtol=1e-3, atol=1e-6)
+    hires = tfcam.Explainer(cnn, "c2", method="hirescam", eigen_smooth=True)(x, classes, resize=False,
+                                                                            normalize=False)
+    assert hires.shape == raw.shape and np.isfinite(hires).all()
+
+
+def _symmetric_model():
+    """Flip-equivariant and positively homogeneous: symmetric kernels, no biases, ReLU, GAP."""
+    inp = keras.Input((8, 8, 1))
+    conv = keras.layers.Conv2D(2, 3, padding="same", use_bias=False, activation="relu", name="c")
+    h = conv(inp)
+    head = keras.layers.Dense(2, use_bias=False, name="head")
+    out = head(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out)
+    k = np.array([[1.0, 2.0, 1.0], [0.5, -1.0, 0.5], [0.0, 1.0, 0.0]], np.float32)  # symmetric left-right
+    conv.set_weights([np.stack([k, -k], axis=-1)[:, :, None, :]])
+    head.set_weights([np.array([[1.0, -1.0], [0.5, 2.0]], np.float32)])
+    return model
+
+
+def test_aug_smooth_is_invariant_where_the_flip_is_predictable(rng):
+    model = _symmetric_model()
+    x = rng.uniform(size=(3, 8, 8, 1)).astype(np.float32)  # the input itself is not symmetric
+    plain = tfcam.Explainer(model, "c")(x, [0, 1, 0])
+    smooth = tfcam.Explainer(model, "c", aug_smooth=True)(x, [0, 1, 0])
+    np.testing.assert_allclose(smooth, plain, atol=1e-5)
+
+
+def test_aug_smooth_averages_flipped_back_maps(cnn, rng):
+    x = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
+    ex = tfcam.Explainer(cnn, "c2")
+    total = np.zeros((2, 16, 16))
+    for flip in (False, True):
+        for f in (0.9, 1.0, 1.1):
+            xa = x[:, :, ::-1] * f if flip else x * f
+            m = ex(xa, [0, 1])
+            total += m[:, :, ::-1] if flip else m
+    want = np.stack([normalize(t / 6) for t in total])
+    got = tfcam.Explainer(cnn, "c2", aug_smooth=True).explain(x, [0, 1])
+    np.testing.assert_allclose(got["gradcam"], want, atol=1e-5)
+    np.testing.assert_allclose(got.predictions, cnn(x).numpy(), rtol=1e-5)

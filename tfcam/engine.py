@@ -31,6 +31,7 @@ from tfcam.layers import (
     tokens_to_grid,
 )
 from tfcam.methods import REGISTRY, Method, get_method
+from tfcam.methods.gradient import principal_projection
 from tfcam.targets import Target, TargetSpec, as_target
 
 __all__ = ["Explainer", "Explanation", "RunContext"]
@@ -104,6 +105,21 @@ class RunContext:
             x, self.arrays if arrays is None else arrays)
 
 
+def combine_channels(m: Method, out: tf.Tensor, a: tf.Tensor, g: tf.Tensor, eigen_smooth: bool) -> tf.Tensor:
+    """A CAM method's output -> its raw map ``(N, *S)``.
+
+    Channel weights give ``sum_k w_k A_k``; with ``eigen_smooth`` the first principal
+    component of ``w * A`` (or of the method's element-wise product) instead, as
+    pytorch-grad-cam's ``eigen_smooth`` does.
+    """
+    if m.returns == "weights":
+        weighted = a * tf.reshape(out, [-1] + [1] * (len(a.shape) - 2) + [a.shape[-1]])
+        return principal_projection(weighted) if eigen_smooth else tf.reduce_sum(weighted, axis=-1)
+    if eigen_smooth and m.elementwise is not None:
+        return principal_projection(m.elementwise(a, g))
+    return out
+
+
 def _gpu_available() -> bool:
     try:
         return bool(tf.config.list_logical_devices("GPU"))
@@ -139,6 +155,13 @@ class Explainer:
         batch_size: examples per compiled call; bounds memory.
         jit_compile: compile the step with XLA. None: only when a GPU is visible.
         run_eagerly: run the step eagerly (debugging; same numbers, slower).
+        eigen_smooth: replace each CAM's weighted channel sum by the first principal
+            component of the weighted activations ``w * A`` (or of the element-wise product
+            for HiResCAM-like methods), which removes noise (pytorch-grad-cam's option).
+        aug_smooth: test-time augmentation: average the maps of the input flipped along
+            its last spatial axis x brightness factors 0.9 / 1 / 1.1 (each map flipped back
+            before averaging), six passes per batch; predictions and scores are the
+            unaugmented ones.
         **options: method options (e.g. ``top_k=32`` for Score-CAM); each method lists
             the options it reads, and unknown ones are rejected.
 
@@ -170,6 +193,8 @@ class Explainer:
         batch_size: int = 32,
         jit_compile: bool | None = None,
         run_eagerly: bool = False,
+        eigen_smooth: bool = False,
+        aug_smooth: bool = False,
         **options: Any,
     ):
         if score not in _SCORES:
@@ -182,6 +207,8 @@ class Explainer:
         self.batch_size = int(batch_size)
         self.jit_compile = _gpu_available() if jit_compile is None else bool(jit_compile)
         self.run_eagerly = bool(run_eagerly)
+        self.eigen_smooth = bool(eigen_smooth)
+        self.aug_smooth = bool(aug_smooth)
         if data_format is not None and data_format not in _FORMATS:
             raise InputError(f"Expected data_format in {_FORMATS} or None. Received: data_format={data_format!r}")
         self._input_index = self._resolve_input(input)
@@ -569,10 +596,7 @@ class Explainer:
                         kernel = tf.cast(self._head_kernels[li], tf.float32)
                         extras["head_weights"] = tf.transpose(tf.gather(kernel, cls, axis=1))
                     out = m.fn(a, g, scores, **extras)
-                    if m.returns == "weights":
-                        w = tf.reshape(out, [-1] + [1] * (len(a.shape) - 2) + [a.shape[-1]])
-                        out = tf.reduce_sum(a * w, axis=-1)
-                    results[m.name].append(out)
+                    results[m.name].append(combine_channels(m, out, a, g, self.eigen_smooth))
             for name, per_layer in results.items():
                 maps[name] = self._finish(name, per_layer, size, normalize)
             return maps, scores, outs[out_i]
@@ -665,6 +689,8 @@ class Explainer:
             maps, sc, pr = step(xb, ab)
             for m in runners:
                 maps[m.name] = self._run_runner(m, xb, target, ab, resize, normalize, verbose)
+            if self.aug_smooth:
+                maps = self._augmented(maps, step, runners, xb, target, ab, resize, normalize, verbose)
             for name, m in maps.items():
                 chunks[name].append(m.numpy())
             scores.append(sc.numpy())
@@ -673,6 +699,27 @@ class Explainer:
         result.predictions = np.concatenate(preds)
         result.scores = np.concatenate(scores)
         return result
+
+    def _augmented(self, maps, step, runners, xb, target, ab, resize, normalize, verbose):
+        """aug_smooth: mean over flip x brightness {0.9, 1, 1.1} of the maps, flipped back."""
+        main = self._main_input(xb)
+        flip_axis = len(main.shape) - (3 if self.data_format == "channels_last" else 2) + 1
+        total = {k: tf.identity(v) for k, v in maps.items()}  # (no flip, factor 1) already done
+        for flip in (False, True):
+            for factor in (0.9, 1.0, 1.1):
+                if not flip and factor == 1.0:
+                    continue
+                aug = main * tf.cast(factor, main.dtype)
+                if flip:
+                    aug = tf.reverse(aug, axis=[flip_axis])
+                xa = [aug if i == self._input_index else t for i, t in enumerate(xb)] if isinstance(xb, list) else aug
+                got, _, _ = step(xa, ab)
+                for m in runners:
+                    got[m.name] = self._run_runner(m, xa, target, ab, resize, normalize, verbose)
+                for k, v in got.items():
+                    total[k] += tf.reverse(v, axis=[len(v.shape) - 1]) if flip else v
+        out = {k: v / 6.0 for k, v in total.items()}
+        return {k: maps_ops.normalize_maps(v) for k, v in out.items()} if normalize else out
 
     def step_function(self, methods: Sequence[str], target: Target, arrays: tuple, *, resize: bool = True,
                       normalize: bool = True):

@@ -128,8 +128,10 @@ register(Method("gradcam", gradcam_weights, paper="Selvaraju et al. 2017, arXiv:
 register(Method("gradcam++", gradcampp_weights, paper="Chattopadhay et al. 2018, arXiv:1710.11063",
                 aliases=("gradcampp", "gradcamplusplus")))
 register(Method("xgradcam", xgradcam_weights, paper="Fu et al. 2020, arXiv:2008.02312"))
-register(Method("hirescam", hirescam_map, returns="map", paper="Draelos & Carin 2020, arXiv:2011.08891"))
-register(Method("layercam", layercam_map, returns="map", paper="Jiang et al. 2021, IEEE TIP 30"))
+register(Method("hirescam", hirescam_map, returns="map", paper="Draelos & Carin 2020, arXiv:2011.08891",
+                elementwise=lambda a, g: g * a))
+register(Method("layercam", layercam_map, returns="map", paper="Jiang et al. 2021, IEEE TIP 30",
+                elementwise=lambda a, g: tf.nn.relu(g) * a))
 register(Method("eigencam", eigencam_map, returns="map", needs_gradients=False,
                 paper="Muhammad & Yeasin 2020, arXiv:2008.00299"))
 register(Method("eigengradcam", eigengradcam_map, returns="map", paper="pytorch-grad-cam variant"))

@@ -44,6 +44,9 @@ class Method:
             (e.g. ``top_k``); they reach ``fn`` as ``extras["options"]`` (cam/input) or
             ``ctx.options`` (runner). Unknown options are rejected at construction.
         per_layer: False for methods whose map does not depend on the target layer.
+        elementwise: for ``returns="map"`` methods that sum a per-channel product over
+            channels (HiResCAM's ``G * A``), that product ``(A, G) -> (N, *S, C)``: what
+            ``eigen_smooth=True`` projects on its first principal component instead.
         spatial_ranks: the numbers of spatial axes the method supports (1: Conv1D /
             time series, 2: images, 3: volumes). For ``kind="cam"`` this is the rank of
             the target layer's map, otherwise the rank of the explained input. The
@@ -60,6 +63,7 @@ class Method:
     aliases: tuple = ()
     options: tuple = ()
     per_layer: bool = True
+    elementwise: Callable[..., Any] | None = None
     spatial_ranks: tuple = (1, 2, 3)
 
 

@@ -166,13 +166,11 @@ def _class_index(ctx, selected):
     return cls
 
 
-def _weighted_map(base: Method, a, g, y, options):
+def _weighted_map(base: Method, a, g, y, options, eigen_smooth: bool = False):
+    from tfcam.engine import combine_channels
+
     extras = {"options": options} if base.options else {}
-    out = base.fn(a, g, y, **extras)
-    if base.returns == "weights":
-        w = tf.reshape(out, [-1] + [1] * (len(a.shape) - 2) + [a.shape[-1]])
-        out = tf.reduce_sum(a * w, axis=-1)
-    return out
+    return combine_channels(base, base.fn(a, g, y, **extras), a, g, eigen_smooth)
 
 
 def _score_fn(ctx, kind: str):
@@ -272,7 +270,7 @@ def _gradient_runner(ctx, kind: str, base: Method):
             for li in range(n_layers):
                 a = explainer._channels_last(li, tf.cast(acts[li], tf.float32))
                 g = explainer._channels_last(li, tf.cast(grads[li], tf.float32))
-                out.append(_weighted_map(base, a, g, y, options))
+                out.append(_weighted_map(base, a, g, y, options, explainer.eigen_smooth))
             return tuple(out)
 
         return explainer._compile(fn, [explainer._x_spec(), explainer._arrays_spec(ctx.arrays)])
@@ -394,7 +392,8 @@ def _refinecam(ctx):
 
 
 register(Method("gradcam_elementwise", gradcam_elementwise_map, returns="map",
-                paper="pytorch-grad-cam variant of Selvaraju et al. 2017", aliases=("gradcamelementwise",)))
+                paper="pytorch-grad-cam variant of Selvaraju et al. 2017", aliases=("gradcamelementwise",),
+                elementwise=lambda a, g: tf.nn.relu(g * a)))
 register(Method("segeigencam", segeigencam_map, returns="map", paper="Chung & Ying 2025, Appl. Sci. 15(13) 7562"))
 register(Method("fem", fem_weights, needs_gradients=False, options=("fem_k",), paper="Fuad et al. 2020, IPTA"))
 register(Method("kpcacam", kpcacam_map, returns="map", needs_gradients=False, options=("kpca_gamma", "kpca_coef0"),
