@@ -1,0 +1,481 @@
+"""Perturbation CAMs: Score-CAM, Faster Score-CAM and Ablation-CAM (forward passes only).
+
+These methods need no gradient, so they work on models whose gradients are zero or
+unavailable (saturated sigmoids, non-differentiable layers). Their cost is one forward
+pass per (example, channel) pair. tfcam makes that cost as small as it can be:
+
+- every (example, channel) pair of a batch is laid out in one flat index space and cut
+  into *chunks* of ``perturbation_batch_size`` pairs; each chunk is one call of a compiled
+  function that builds its perturbed inputs, runs the network and scores them, so there
+  is no Python loop over channels or images, and no host round trip, in the hot path;
+- the compiled functions (and, for Ablation-CAM, the sub-model after the layer) are built
+  once per Explainer and reused for every batch and every class;
+- a ``keras.utils.Progbar`` counts chunks (``verbose=0`` hides it); Ctrl-C stops between
+  chunks and leaves nothing half-built behind (caches are filled only after a build
+  succeeds, and partial results are dropped).
+
+Options (``tfcam.Explainer(..., top_k=..., perturbation_batch_size=...)``):
+
+- ``perturbation_batch_size`` (default 64): perturbed inputs per forward pass.
+- ``top_k`` (default None = every channel): Faster Score-CAM (Wang et al. 2020) — only
+  the ``K`` channels with the largest spatial variance of ``A_k`` are scored, the others
+  get weight 0. Ablation-CAM accepts it too (only those channels are ablated).
+
+Scores follow the engine's convention: the target score before a final softmax/sigmoid by
+default (``score="logit"``), the activated output with ``score="probability"``. A target
+``None`` (each example's top class) is resolved once on the unperturbed input, so every
+perturbed copy is scored for the same class.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfcam import maps as maps_ops
+from tfcam.errors import InputError, TargetError
+from tfcam.layers import _as_functional, _contains, _is_model, _pre_activation, output_activation
+from tfcam.methods.registry import Method, register
+from tfcam.targets import ClassTarget, SegmentationTarget
+
+__all__ = [
+    "scorecam",
+    "ablationcam",
+    "scorecam_weights",
+    "ablationcam_weights",
+    "cuts_graph",
+    "DEFAULT_PERTURBATION_BATCH_SIZE",
+]
+
+DEFAULT_PERTURBATION_BATCH_SIZE = 64
+_CACHE_ATTR = "_tfcam_perturbation_cache"
+
+
+# --------------------------------------------------------------------------- pure maths
+
+
+def scorecam_weights(scores: tf.Tensor, channels: tf.Tensor, n_channels: int) -> tf.Tensor:
+    """Score-CAM channel weights (Wang et al. 2020, arXiv:1910.01279, eq. 6–8).
+
+    ``w = softmax_k(s)`` over the scored channels, 0 for channels that were not scored.
+
+    Args:
+        scores: ``(N, K)`` target scores ``s_k = y(x ⊙ M_k)`` of the masked inputs.
+        channels: ``(N, K)`` int32, the channel index each score belongs to.
+        n_channels: ``C``, the layer's channel count.
+
+    Returns:
+        ``(N, C)`` float32 weights.
+    """
+    return _scatter(tf.nn.softmax(scores, axis=-1), channels, n_channels)
+
+
+def ablationcam_weights(scores: tf.Tensor, ablated: tf.Tensor, channels: tf.Tensor,
+                        n_channels: int) -> tf.Tensor:
+    """Ablation-CAM channel weights (Desai & Ramaswamy 2020, WACV, eq. 3).
+
+    ``w_k = (y − y_k) / y`` with ``y_k`` the score when channel ``k`` of the layer's
+    output is set to zero. Where ``y == 0`` the relative drop is undefined and the
+    absolute drop ``y − y_k`` is used instead. Channels that were not ablated get 0.
+
+    Args:
+        scores: ``(N,)`` unperturbed target scores ``y``.
+        ablated: ``(N, K)`` scores ``y_k``.
+        channels: ``(N, K)`` int32 channel indices.
+        n_channels: ``C``.
+
+    Returns:
+        ``(N, C)`` float32 weights.
+    """
+    y = scores[:, None]
+    denom = tf.where(tf.equal(y, 0.0), tf.ones_like(y), y)
+    return _scatter((y - ablated) / denom, channels, n_channels)
+
+
+def _scatter(values: tf.Tensor, channels: tf.Tensor, n_channels: int) -> tf.Tensor:
+    n = tf.shape(values)[0]
+    k = tf.shape(values)[1]
+    rows = tf.tile(tf.range(n)[:, None], [1, k])
+    idx = tf.stack([rows, channels], axis=-1)
+    return tf.scatter_nd(idx, values, tf.stack([n, n_channels]))
+
+
+def _weighted_map(acts: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    w = tf.reshape(weights, [-1] + [1] * (len(acts.shape) - 2) + [acts.shape[-1]])
+    return tf.reduce_sum(acts * w, axis=-1)
+
+
+def _channel_table(acts: tf.Tensor, top_k: int | None) -> tf.Tensor:
+    """``(N, K)`` channels to perturb: all, or the top-K by spatial variance of ``A_k``."""
+    c = acts.shape[-1]
+    n = tf.shape(acts)[0]
+    if top_k is None or top_k >= c:
+        return tf.tile(tf.range(c, dtype=tf.int32)[None], [n, 1])
+    var = tf.math.reduce_variance(acts, axis=list(range(1, len(acts.shape) - 1)))
+    return tf.math.top_k(var, k=top_k, sorted=True).indices
+
+
+# --------------------------------------------------------------------------- graph surgery
+
+
+def _rebuild(model: keras.Model, inputs: Any, layer: keras.layers.Layer, replace, want_logits: bool):
+    """Re-runs ``model``'s graph from its own layers with ``layer``'s output replaced.
+
+    ``replace(layer_output_symbolic) -> tensor``. Descends into nested models. Returns
+    ``(outputs, logits per output or None)``. Nothing of the user's model is changed.
+    """
+    model = _as_functional(model)
+    out_ops = [t._keras_history.operation for t in model.outputs]
+    logits: dict[int, Any] = {}
+
+    def call_function(op, *args, **kwargs):
+        is_output = any(op is o for o in out_ops)
+        if op is layer:
+            result = replace(op(*args, **kwargs))
+        elif _is_model(op) and (_contains(op, layer) or (is_output and want_logits)):
+            sub_in = args[0] if args else next(iter(kwargs.values()))
+            outs, sub_logits = _rebuild(op, sub_in, layer, replace, want_logits and is_output)
+            result = outs[0] if len(outs) == 1 else outs
+            if is_output and sub_logits and sub_logits[0] is not None:
+                logits[id(op)] = sub_logits[0]
+        else:
+            result = op(*args, **kwargs)
+            if is_output and want_logits and output_activation(op):
+                pre = _pre_activation(op, args, kwargs)
+                if pre is not None:
+                    logits[id(op)] = pre
+        return result
+
+    outputs = model._run_through_graph(inputs, operation_fn=lambda op: op, call_fn=call_function)
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    return outputs, [logits.get(id(op)) for op in out_ops]
+
+
+def _fresh_inputs(model: keras.Model):
+    fmodel = _as_functional(model)
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype) for t in fmodel.inputs]
+    return inputs, (inputs[0] if len(inputs) == 1 else inputs)
+
+
+def _channels_first(layer) -> bool:
+    return getattr(layer, "data_format", None) == "channels_first"
+
+
+def _selected(explainer, outputs, logits):
+    i = explainer._output_index
+    if explainer.score == "logit" and logits[i] is not None:
+        return logits[i]
+    return outputs[i]
+
+
+def _tail_model(explainer, li: int) -> keras.Model | None:
+    """``activations (channels-last, float32) -> selected output`` when the layer cuts the
+    graph (every path from the inputs to the explained output goes through it), else None."""
+    layer = explainer._layers[li].layer
+    holder: dict[str, Any] = {}
+
+    def replace(orig):
+        shape = tuple(orig.shape[1:])
+        if _channels_first(layer):
+            shape = shape[1:] + shape[:1]
+        a_in = keras.Input(shape=shape, dtype="float32", name="tfcam_activations")
+        holder["a_in"] = a_in
+        val = a_in
+        if _channels_first(layer):
+            rank = len(shape) + 1
+            val = ops.transpose(val, [0, rank - 1] + list(range(1, rank - 1)))
+        return ops.cast(val, orig.dtype)
+
+    _, struct = _fresh_inputs(explainer.model)
+    outputs, logits = _rebuild(explainer.model, struct, layer, replace, explainer.score == "logit")
+    try:
+        return keras.Model(holder["a_in"], _selected(explainer, outputs, logits), name="tfcam_tail")
+    except ValueError:  # "Graph disconnected": some path bypasses the layer
+        return None
+
+
+def _substitution_model(explainer, li: int) -> keras.Model:
+    """``[inputs, keep (C,)] -> selected output`` with the layer's output multiplied by
+    ``keep`` along its channel axis (full forward passes; any topology)."""
+    layer = explainer._layers[li].layer
+    keep_holder: dict[str, Any] = {}
+
+    def replace(orig):
+        ch = orig.shape[1] if _channels_first(layer) else orig.shape[-1]
+        keep = keras.Input(shape=(ch,), dtype="float32", name="tfcam_keep")
+        keep_holder["keep"] = keep
+        rank = len(orig.shape)
+        shape = (-1, ch) + (1,) * (rank - 2) if _channels_first(layer) else (-1,) + (1,) * (rank - 2) + (ch,)
+        return orig * ops.cast(ops.reshape(keep, shape), orig.dtype)
+
+    inputs, struct = _fresh_inputs(explainer.model)
+    outputs, logits = _rebuild(explainer.model, struct, layer, replace, explainer.score == "logit")
+    return keras.Model(inputs + [keep_holder["keep"]], _selected(explainer, outputs, logits),
+                       name="tfcam_substituted")
+
+
+def cuts_graph(explainer, layer_index: int = 0) -> bool:
+    """True when every path from the model's inputs to the explained output goes through
+    the Explainer's ``layer_index``-th target layer (Ablation-CAM then runs only the part
+    of the network after it)."""
+    return _state(explainer).tail(layer_index) is not None
+
+
+# --------------------------------------------------------------------------- per-explainer state
+
+
+class _State:
+    """Compiled chunk functions and sub-models of one Explainer (built once, reused)."""
+
+    def __init__(self, explainer):
+        self.explainer = explainer
+        self.fns: dict[Any, Any] = {}
+        self.tails: dict[int, Any] = {}
+        self.substituted: dict[int, Any] = {}
+
+    def tail(self, li: int):
+        if li not in self.tails:
+            model = _tail_model(self.explainer, li)
+            self.tails[li] = model
+        return self.tails[li]
+
+    def substituted_model(self, li: int):
+        if li not in self.substituted:
+            model = _substitution_model(self.explainer, li)
+            self.substituted[li] = model
+        return self.substituted[li]
+
+
+def _state(explainer) -> _State:
+    state = explainer.__dict__.get(_CACHE_ATTR)
+    if state is None:
+        state = _State(explainer)
+        setattr(explainer, _CACHE_ATTR, state)
+    return state
+
+
+# --------------------------------------------------------------------------- options and targets
+
+
+def _int_option(options: dict, name: str, default):
+    value = options.get(name, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"Expected {name} to be a positive integer{' or None' if default is None else ''}. "
+                         f"Received: {name}={value!r}")
+    return int(value)
+
+
+def _freeze_target(target, selected: tf.Tensor, arrays: tuple):
+    """Targets whose meaning depends on the model's own prediction (top class, predicted
+    region) are fixed on the unperturbed input, so perturbed copies are scored for it."""
+    if isinstance(target, ClassTarget) and not arrays:
+        return target, (target.class_index(selected),)
+    if isinstance(target, SegmentationTarget) and len(arrays) == 1:
+        idx = tf.cast(arrays[0], tf.int32)
+        pred = tf.argmax(selected, axis=-1, output_type=tf.int32)
+        region = tf.cast(pred == tf.reshape(idx, [-1] + [1] * (len(selected.shape) - 2)), tf.float32)
+        return target, (arrays[0], region)
+    return target, tuple(arrays)
+
+
+def _prepare(ctx):
+    """Activations, unperturbed scores and frozen target of the batch."""
+    ex = ctx.explainer
+    acts, outs, logits = ex.forward(ctx.x)
+    selected = tf.cast(_selected(ex, outs, logits), tf.float32)
+    target, arrays = _freeze_target(ctx.target, selected, ctx.arrays)
+    scores = tf.cast(target.score(selected, *arrays), tf.float32)
+    if scores.shape.rank != 1:
+        raise TargetError(f"Expected one score per example. Received: scores of shape {tuple(scores.shape)}")
+    return acts, scores, target, arrays
+
+
+def _key(kind: str, li: int, target, arrays) -> tuple:
+    return (kind, li, target.trace_key, tuple((tuple(a.shape[1:]), a.dtype) for a in arrays))
+
+
+def _specs(explainer, acts_shape, arrays):
+    a_spec = tf.TensorSpec((None,) + tuple(acts_shape[1:]), tf.float32)
+    i32 = tf.TensorSpec((), tf.int32)
+    chans = tf.TensorSpec((None, None), tf.int32)
+    return explainer._x_spec(), a_spec, chans, i32, explainer._arrays_spec(arrays)
+
+
+def _pairs(chans, start, count):
+    """Flat pair indices ``start .. start+count`` -> example index ``n``, channel ``k``."""
+    k_per = tf.shape(chans)[1]
+    p = start + tf.range(count)
+    n = p // k_per
+    k = tf.gather_nd(chans, tf.stack([n, p % k_per], axis=-1))
+    return n, k
+
+
+def _score_of(explainer, target, selected, arrays, n):
+    return tf.cast(target.score(tf.cast(selected, tf.float32), *[tf.gather(a, n) for a in arrays]), tf.float32)
+
+
+def _scorecam_fn(ctx, li, acts, target, arrays):
+    ex = ctx.explainer
+    state = _state(ex)
+    key = _key("scorecam", li, target, arrays)
+    fn = state.fns.get(key)
+    if fn is None:
+        size = [int(s) for s in ex.model.inputs[0].shape[1:-1]]
+
+        def chunk(x, a, chans, start, count, target_arrays):
+            n, k = _pairs(chans, start, count)
+            a_first = tf.transpose(a, [0, len(a.shape) - 1] + list(range(1, len(a.shape) - 1)))
+            a_nk = tf.gather_nd(a_first, tf.stack([n, k], axis=-1))  # (B, *S)
+            masks = maps_ops.normalize_maps(maps_ops.resize_maps(a_nk, size))  # (B, *S_in) in [0, 1]
+            xm = tf.gather(x, n) * tf.cast(masks[..., None], x.dtype)
+            _, outs, logits = ex._capture(xm)
+            return _score_of(ex, target, ex._select(outs, logits), target_arrays, n)
+
+        x_spec, a_spec, chans_spec, i32, arr_spec = _specs(ex, acts.shape, arrays)
+        fn = ex._compile(chunk, [x_spec, a_spec, chans_spec, i32, i32, arr_spec])
+        state.fns[key] = fn
+    return fn
+
+
+def _ablation_fn(ctx, li, acts, target, arrays):
+    ex = ctx.explainer
+    state = _state(ex)
+    tail = state.tail(li)
+    key = _key("ablation_tail" if tail is not None else "ablation_full", li, target, arrays)
+    fn = state.fns.get(key)
+    if fn is None:
+        c = int(acts.shape[-1])
+        if tail is not None:
+            def chunk(x, a, chans, start, count, target_arrays):
+                n, k = _pairs(chans, start, count)
+                keep = 1.0 - tf.one_hot(k, c, dtype=tf.float32)
+                keep = tf.reshape(keep, [-1] + [1] * (len(a.shape) - 2) + [c])
+                sel = tail(tf.gather(a, n) * keep, training=False)
+                return _score_of(ex, target, sel, target_arrays, n)
+        else:
+            model = state.substituted_model(li)
+
+            def chunk(x, a, chans, start, count, target_arrays):
+                n, k = _pairs(chans, start, count)
+                keep = 1.0 - tf.one_hot(k, c, dtype=tf.float32)
+                sel = model([tf.gather(x, n), keep], training=False)
+                return _score_of(ex, target, sel, target_arrays, n)
+
+        x_spec, a_spec, chans_spec, i32, arr_spec = _specs(ex, acts.shape, arrays)
+        fn = ex._compile(chunk, [x_spec, a_spec, chans_spec, i32, i32, arr_spec])
+        state.fns[key] = fn
+    return fn
+
+
+# --------------------------------------------------------------------------- the runners
+
+
+def _run_chunks(jobs, batch: int, verbose: int) -> list[tf.Tensor]:
+    """Runs every job's chunks with one progress bar. ``jobs``: (fn, args, total pairs)."""
+    total_chunks = sum(math.ceil(total / batch) for _, _, total in jobs)
+    bar = keras.utils.Progbar(total_chunks, verbose=1 if verbose else 0, unit_name="chunk") \
+        if verbose and total_chunks > 1 else None
+    results = []
+    done = 0
+    for fn, (x, a, chans, arrays), total in jobs:
+        parts = []
+        for start in range(0, total, batch):
+            count = min(batch, total - start)
+            parts.append(fn(x, a, chans, tf.constant(start, tf.int32), tf.constant(count, tf.int32), arrays))
+            done += 1
+            if bar is not None:
+                bar.update(done)
+        results.append(tf.concat(parts, axis=0) if len(parts) > 1 else parts[0])
+    return results
+
+
+def scorecam(ctx) -> list[tf.Tensor]:
+    """Score-CAM (Wang et al. 2020, arXiv:1910.01279) and Faster Score-CAM (``top_k``).
+
+    For each channel ``k`` of ``A`` (``(N, *S, C)``): ``M_k`` = bilinear upsampling of
+    ``A_k`` to the input size, min-max normalized to ``[0, 1]``; ``s_k = y(x ⊙ M_k)``;
+    ``w = softmax_k(s)`` (eq. 6–8; the score is pre-softmax by default, as in
+    pytorch-grad-cam); the raw map is ``Σ_k w_k A_k`` (the engine applies ReLU, resize
+    and normalization). With ``top_k=K`` only the ``K`` channels of largest spatial
+    variance are scored and the softmax runs over them (Faster Score-CAM).
+
+    Cost: ``N·K`` forward passes (``K = C`` by default), run ``perturbation_batch_size``
+    (``B``) at a time. Peak memory ≈ ``B × (input size + one example's forward
+    activations) + N × |S| × C`` (the batch's layer activations) floats, whatever ``C``.
+
+    Args:
+        ctx: the engine's ``RunContext`` for one batch.
+
+    Returns:
+        One raw ``(N, *S)`` map per target layer.
+    """
+    batch = _int_option(ctx.options, "perturbation_batch_size", DEFAULT_PERTURBATION_BATCH_SIZE)
+    top_k = _int_option(ctx.options, "top_k", None)
+    acts, _, target, arrays = _prepare(ctx)
+    jobs, tables = [], []
+    for li, a in enumerate(acts):
+        chans = _channel_table(a, top_k)
+        tables.append(chans)
+        fn = _scorecam_fn(ctx, li, a, target, arrays)
+        jobs.append((fn, (ctx.x, a, chans, arrays), int(chans.shape[0]) * int(chans.shape[1])))
+    scores = _run_chunks(jobs, batch, ctx.verbose)
+    out = []
+    for a, chans, s in zip(acts, tables, scores):
+        w = scorecam_weights(tf.reshape(s, tf.shape(chans)), chans, int(a.shape[-1]))
+        out.append(_weighted_map(a, w))
+    return out
+
+
+def ablationcam(ctx) -> list[tf.Tensor]:
+    """Ablation-CAM (Desai & Ramaswamy 2020, WACV, "Ablation-CAM", eq. 3).
+
+    ``y_k`` = the target score with channel ``k`` of the layer's output set to zero;
+    ``w_k = (y − y_k) / y`` (the absolute drop where ``y == 0``); raw map
+    ``Σ_k w_k A_k``.
+
+    When the layer cuts the graph (every path from input to output goes through it, the
+    usual case for a last conv block), the layer's activations are reused and only the
+    network after the layer runs, once per ablated channel, batched. Otherwise the whole
+    model runs with the layer's output multiplied by a per-example channel mask.
+
+    Cost: ``N·C`` passes of the tail (or of the whole model), ``perturbation_batch_size``
+    (``B``) at a time; peak memory ≈ ``B × (|S| × C + one example's tail activations)``
+    floats on top of the batch's activations. ``top_k`` restricts ablation to the
+    channels of largest spatial variance (others get weight 0).
+
+    Args:
+        ctx: the engine's ``RunContext`` for one batch.
+
+    Returns:
+        One raw ``(N, *S)`` map per target layer.
+    """
+    batch = _int_option(ctx.options, "perturbation_batch_size", DEFAULT_PERTURBATION_BATCH_SIZE)
+    top_k = _int_option(ctx.options, "top_k", None)
+    acts, y, target, arrays = _prepare(ctx)
+    jobs, tables = [], []
+    for li, a in enumerate(acts):
+        chans = _channel_table(a, top_k)
+        tables.append(chans)
+        fn = _ablation_fn(ctx, li, a, target, arrays)
+        jobs.append((fn, (ctx.x, a, chans, arrays), int(chans.shape[0]) * int(chans.shape[1])))
+    scores = _run_chunks(jobs, batch, ctx.verbose)
+    out = []
+    for a, chans, s in zip(acts, tables, scores):
+        w = ablationcam_weights(y, tf.reshape(s, tf.shape(chans)), chans, int(a.shape[-1]))
+        out.append(_weighted_map(a, w))
+    return out
+
+
+_OPTIONS = ("perturbation_batch_size", "top_k")
+
+register(Method("scorecam", scorecam, kind="runner", needs_gradients=False, options=_OPTIONS,
+                paper="Wang et al. 2020, arXiv:1910.01279 (Faster Score-CAM with top_k)",
+                aliases=("score-cam", "fasterscorecam")))
+register(Method("ablationcam", ablationcam, kind="runner", needs_gradients=False, options=_OPTIONS,
+                paper="Desai & Ramaswamy 2020, WACV", aliases=("ablation-cam",)))
