@@ -15,7 +15,7 @@ from reference import normalize, relu
 
 import tfcam
 from tfcam.errors import InputError
-from tfcam.methods.perturbation import _state, ablationcam_weights, cuts_graph, scorecam_weights
+from tfcam.methods.perturbation import _state, ablationcam_weights, cuts_graph, rise_masks, scorecam_weights
 
 
 def _x(n=3, shape=(16, 16, 3), seed=0):
@@ -44,8 +44,11 @@ def _upsample_norm(a_k, size):
     return np.zeros_like(m) if hi == lo else (m - lo) / (hi - lo)
 
 
-def ref_scorecam(model, layer, x, classes, top_k=None):
-    """methods.md: M_k = norm(up(A_k)); s_k = logit_c(x * M_k); w = softmax(s); relu(sum w A)."""
+def ref_scorecam(model, layer, x, classes, top_k=None, variants=((1.0, 0.0),)):
+    """methods.md: M_k = norm(up(A_k)); s_k = logit_c(x * M_k); w = softmax(s); relu(sum w A).
+
+    ``variants``: (scale, additive noise) pairs; s_k is averaged over x * (scale M_k + noise)
+    (SS-CAM: noisy masks; IS-CAM: scales i/n)."""
     W, b = _head(model)
     A = _acts(model, layer, x)
     out = []
@@ -55,9 +58,12 @@ def ref_scorecam(model, layer, x, classes, top_k=None):
         if top_k is not None:
             var = A[i].reshape(-1, C).var(axis=0)
             chans = list(np.argsort(-var, kind="stable")[:top_k])
-        masked = np.stack([x[i] * _upsample_norm(A[i, ..., k], x.shape[1:3])[..., None] for k in chans])
-        Am = _acts(model, layer, masked.astype(np.float32))
-        s = Am.mean(axis=(1, 2)) @ W[:, classes[i]] + b[classes[i]]
+        s = np.zeros(len(chans))
+        for scale, noise in variants:
+            masked = np.stack([x[i] * (scale * _upsample_norm(A[i, ..., k], x.shape[1:3]) + noise)[..., None]
+                               for k in chans])
+            Am = _acts(model, layer, masked.astype(np.float32))
+            s += (Am.mean(axis=(1, 2)) @ W[:, classes[i]] + b[classes[i]]) / len(variants)
         e = np.exp(s - s.max())
         w = np.zeros(C)
         w[chans] = e / e.sum()
@@ -313,3 +319,80 @@ def test_aliases_and_multi_layer():
     one = [tfcam.Explainer(model, name, method="scorecam")(x, [0, 1]) for name in ("c1", "c2")]
     want = np.stack([normalize(m) for m in (one[0] + one[1]) / 2])
     np.testing.assert_allclose(maps, want, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- SS-CAM, IS-CAM, Occlusion, RISE
+
+
+def test_sscam_and_iscam_match_numpy():
+    model = small_cnn(activation=None)
+    x = _x(2)
+    classes = [1, 3]
+    ex = tfcam.Explainer(model, "c2", method="sscam", n_samples=3, noise_std=0.3, seed=5, perturbation_batch_size=7)
+    noise = np.random.default_rng(5).normal(0.0, 0.3, size=(3, 16, 16))
+    want = ref_scorecam(model, "c2", x, classes, variants=[(1.0, noise[i]) for i in range(3)])
+    np.testing.assert_allclose(_raw(ex, x, classes, "sscam"), want, rtol=2e-4, atol=1e-5)
+    want = ref_scorecam(model, "c2", x, classes, variants=[(i / 4, 0.0) for i in range(1, 5)])
+    ex = tfcam.Explainer(model, "c2", method="iscam", n_samples=4)
+    np.testing.assert_allclose(_raw(ex, x, classes, "iscam"), want, rtol=2e-4, atol=1e-5)
+
+
+def test_occlusion_matches_brute_force():
+    model = small_cnn(activation=None)
+    x = _x(2)
+    classes = [0, 2]
+    ex = tfcam.Explainer(model, "c2", method="occlusion", patch_size=5, stride=4, baseline=0.5,
+                         perturbation_batch_size=6)
+    got = _raw(ex, x, classes, "occlusion")
+    logits = model.predict(x, verbose=0).astype(np.float64)
+    want = np.zeros((2, 16, 16))
+    count = np.zeros((16, 16))
+    for r in (0, 4, 8, 11):  # every 4 pixels, plus a last patch flush with the border
+        for c in (0, 4, 8, 11):
+            xo = x.copy()
+            xo[:, r:r + 5, c:c + 5, :] = 0.5
+            yo = model.predict(xo, verbose=0).astype(np.float64)
+            for i in range(2):
+                want[i, r:r + 5, c:c + 5] += logits[i, classes[i]] - yo[i, classes[i]]
+            count[r:r + 5, c:c + 5] += 1
+    np.testing.assert_allclose(got, relu(want / count), rtol=2e-4, atol=1e-5)
+
+
+def _np_rise_masks(grids, shifts, h, w):
+    g = grids.shape[1]
+    ch, cw = -(-h // g), -(-w // g)
+    out = []
+    for grid, (dy, dx) in zip(grids, shifts):
+        up = cv2.resize(grid, ((g + 1) * cw, (g + 1) * ch), interpolation=cv2.INTER_LINEAR)
+        out.append(up[dy:dy + h, dx:dx + w])
+    return np.stack(out).astype(np.float64)
+
+
+def test_rise_matches_numpy():
+    model = small_cnn(activation=None)
+    x = _x(2)
+    classes = [3, 1]
+    ex = tfcam.Explainer(model, "c2", method="rise", n_masks=24, mask_grid=3, keep_prob=0.4, seed=2,
+                         perturbation_batch_size=10)
+    got = _raw(ex, x, classes, "rise")
+    grids, shifts = rise_masks(24, 3, 0.4, (16, 16), 2)
+    assert grids.mean() == pytest.approx(0.4, abs=0.15) and shifts.max() < 6
+    masks = _np_rise_masks(grids, shifts, 16, 16)
+    want = []
+    for i in range(2):
+        y = model.predict((x[i] * masks[..., None]).astype(np.float32), verbose=0)[:, classes[i]].astype(np.float64)
+        want.append(relu((y[:, None, None] * masks).sum(0) / (24 * 0.4)))
+    np.testing.assert_allclose(got, np.stack(want), rtol=2e-4, atol=1e-4)
+    # input-resolution maps: the layer does not matter
+    other = tfcam.Explainer(model, "c1", method="rise", n_masks=24, mask_grid=3, keep_prob=0.4, seed=2)
+    np.testing.assert_allclose(_raw(other, x, classes, "rise"), got, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("opt", [{"keep_prob": 0.0}, {"keep_prob": 1.5}, {"seed": -1}, {"n_masks": 0},
+                                 {"patch_size": 40}, {"noise_std": float("nan")}])
+def test_bad_issue13_options_raise(opt):
+    method = "rise" if {"keep_prob", "seed", "n_masks"} & set(opt) else (
+        "occlusion" if "patch_size" in opt else "sscam")
+    ex = tfcam.Explainer(small_cnn(), "c2", method=method, **opt)
+    with pytest.raises(InputError, match="Received: "):
+        ex(_x(1))
