@@ -396,3 +396,30 @@ def test_bad_issue13_options_raise(opt):
     ex = tfcam.Explainer(small_cnn(), "c2", method=method, **opt)
     with pytest.raises(InputError, match="Received: "):
         ex(_x(1))
+
+
+@pytest.mark.slow
+def test_xla_compiled_chunks_match_eager():
+    """Under jit_compile (static shapes) the last chunk is padded and masked: same maps."""
+    model = small_cnn(activation=None)
+    x = _x(2)
+    opts = dict(perturbation_batch_size=5, n_masks=12, mask_grid=3, patch_size=6, stride=5)
+    methods = ["scorecam", "ablationcam", "occlusion", "rise"]
+    xla = tfcam.Explainer(model, "c2", jit_compile=True, **opts).explain(x, [0, 1], methods, verbose=0)
+    eager = tfcam.Explainer(model, "c2", run_eagerly=True, **opts).explain(x, [0, 1], methods, verbose=0)
+    for name in methods:
+        np.testing.assert_allclose(xla[name], eager[name], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_segmentation_region_is_fixed_on_the_unperturbed_input():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inp)
+    out = keras.layers.Conv2D(3, 1, name="seg")(h)
+    model = keras.Model(inp, out)
+    x = _x(2, (8, 8, 3), seed=7)
+    region = (model.predict(x, verbose=0).argmax(-1) == 1).astype(np.float32)
+    ex = tfcam.Explainer(model, "c1", method="scorecam")
+    implicit = _raw(ex, x, tfcam.targets.SegmentationTarget(1), "scorecam")
+    explicit = _raw(ex, x, tfcam.targets.SegmentationTarget(1, mask=region), "scorecam")
+    np.testing.assert_allclose(implicit, explicit, rtol=1e-5, atol=1e-6)

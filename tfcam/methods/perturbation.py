@@ -364,6 +364,22 @@ def _model_score(ex, target, xm, arrays, n):
     return _score_of(target, ex._select(outs, logits), arrays, n)
 
 
+def _items(ex, start, count, batch: int):
+    """Flat item indices of one chunk, and a validity mask (None when all are valid).
+
+    Under XLA (``jit_compile``) shapes must be static: every chunk then has ``batch``
+    items, the surplus of the last chunk repeating its last item and masked out.
+    """
+    if not ex.jit_compile:
+        return start + tf.range(count), None
+    p = start + tf.range(batch)
+    return tf.minimum(p, start + count - 1), p < start + count
+
+
+def _masked(values, valid):
+    return values if valid is None else values * tf.cast(valid, values.dtype)[:, None, None]
+
+
 def _i32():
     return tf.TensorSpec((), tf.int32)
 
@@ -381,7 +397,7 @@ def _cached(ex, key, build):
     return fn
 
 
-def _scorecam_fn(ex, li, acts, target, arrays):
+def _scorecam_fn(ex, li, acts, target, arrays, batch):
     """Chunk of Score-CAM-family scores: pairs ``p = (n·K + j)·n_s + s`` ->
     ``y(x_n ⊙ (scale_s · M_k + noise_s))``, with ``M_k = norm(up(A_nk))``."""
     size = _input_size(ex)
@@ -389,7 +405,7 @@ def _scorecam_fn(ex, li, acts, target, arrays):
     def build():
         def chunk(start, count, x, a, chans, scale, noise, target_arrays):
             ns = tf.shape(scale)[0]
-            p = start + tf.range(count)
+            p, _ = _items(ex, start, count, batch)
             s = p % ns
             n, k = _pairs(chans, p // ns)
             a_first = tf.transpose(a, [0, len(a.shape) - 1] + list(range(1, len(a.shape) - 1)))
@@ -405,10 +421,10 @@ def _scorecam_fn(ex, li, acts, target, arrays):
                  ex._arrays_spec(arrays)]
         return ex._compile(chunk, specs)
 
-    return _cached(ex, _key("scorecam", li, target, arrays), build)
+    return _cached(ex, _key(("scorecam", batch), li, target, arrays), build)
 
 
-def _ablation_fn(ex, li, acts, target, arrays):
+def _ablation_fn(ex, li, acts, target, arrays, batch):
     state = _state(ex)
     tail = state.tail(li)
     c = int(acts.shape[-1])
@@ -416,7 +432,7 @@ def _ablation_fn(ex, li, acts, target, arrays):
     def build():
         if tail is not None:
             def chunk(start, count, x, a, chans, target_arrays):
-                n, k = _pairs(chans, start + tf.range(count))
+                n, k = _pairs(chans, _items(ex, start, count, batch)[0])
                 keep = 1.0 - tf.one_hot(k, c, dtype=tf.float32)
                 keep = tf.reshape(keep, [-1] + [1] * (len(a.shape) - 2) + [c])
                 sel = tail(tf.gather(a, n) * keep, training=False)
@@ -425,7 +441,7 @@ def _ablation_fn(ex, li, acts, target, arrays):
             model = state.substituted_model(li)
 
             def chunk(start, count, x, a, chans, target_arrays):
-                n, k = _pairs(chans, start + tf.range(count))
+                n, k = _pairs(chans, _items(ex, start, count, batch)[0])
                 keep = 1.0 - tf.one_hot(k, c, dtype=tf.float32)
                 sel = model([tf.gather(x, n), keep], training=False)
                 return _score_of(target, sel, target_arrays, n)
@@ -435,7 +451,7 @@ def _ablation_fn(ex, li, acts, target, arrays):
         return ex._compile(chunk, specs)
 
     kind = "ablation_tail" if tail is not None else "ablation_full"
-    return _cached(ex, _key(kind, li, target, arrays), build)
+    return _cached(ex, _key((kind, batch), li, target, arrays), build)
 
 
 # --------------------------------------------------------------------------- the runners
@@ -457,7 +473,8 @@ def _run_chunks(jobs, batch: int, verbose: int) -> list[tf.Tensor]:
         parts = []
         for start in range(0, total, batch):
             count = min(batch, total - start)
-            parts.append(fn(tf.constant(start, tf.int32), tf.constant(count, tf.int32), *args))
+            part = fn(tf.constant(start, tf.int32), tf.constant(count, tf.int32), *args)
+            parts.append(part if combine == "sum" or part.shape[0] == count else part[:count])
             done += 1
             if bar is not None:
                 bar.update(done)
@@ -483,7 +500,7 @@ def _score_family(ctx, scale: np.ndarray, noise: np.ndarray | None) -> list[tf.T
     for li, a in enumerate(acts):
         chans = _channel_table(a, top_k)
         tables.append(chans)
-        fn = _scorecam_fn(ex, li, a, target, arrays)
+        fn = _scorecam_fn(ex, li, a, target, arrays, batch)
         total = int(chans.shape[0]) * int(chans.shape[1]) * ns
         jobs.append((fn, (ctx.x, a, chans, scale_t, noise_t, arrays), total, "concat"))
     scores = _run_chunks(jobs, batch, ctx.verbose)
@@ -592,7 +609,7 @@ def ablationcam(ctx) -> list[tf.Tensor]:
     for li, a in enumerate(acts):
         chans = _channel_table(a, top_k)
         tables.append(chans)
-        fn = _ablation_fn(ex, li, a, target, arrays)
+        fn = _ablation_fn(ex, li, a, target, arrays, batch)
         jobs.append((fn, (ctx.x, a, chans, arrays), int(chans.shape[0]) * int(chans.shape[1]), "concat"))
     scores = _run_chunks(jobs, batch, ctx.verbose)
     out = []
@@ -662,7 +679,7 @@ def occlusion(ctx) -> tf.Tensor:
         ww = tf.range(w)[None, None, :]
 
         def chunk(start, count, x, y0, target_arrays):
-            p = start + tf.range(count)
+            p, valid = _items(ex, start, count, batch)
             n, pos = p // n_pos, p % n_pos
             r0 = tf.gather(rows_t, pos // len(cols))[:, None, None]
             c0 = tf.gather(cols_t, pos % len(cols))[:, None, None]
@@ -671,12 +688,12 @@ def occlusion(ctx) -> tf.Tensor:
             mx = tf.cast(m[..., None], xn.dtype)
             xo = xn * (1 - mx) + tf.cast(baseline, xn.dtype) * mx
             drop = tf.gather(y0, n) - _model_score(ex, target, xo, target_arrays, n)
-            return tf.math.unsorted_segment_sum(drop[:, None, None] * m, n, tf.shape(x)[0])
+            return tf.math.unsorted_segment_sum(_masked(drop[:, None, None] * m, valid), n, tf.shape(x)[0])
 
         specs = [_i32(), _i32(), ex._x_spec(), tf.TensorSpec((None,), tf.float32), ex._arrays_spec(arrays)]
         return ex._compile(chunk, specs)
 
-    fn = _cached(ex, _key(("occlusion", patch, stride, baseline), 0, target, arrays), build)
+    fn = _cached(ex, _key(("occlusion", patch, stride, baseline, batch), 0, target, arrays), build)
     total = int(ctx.x.shape[0]) * n_pos
     (summed,) = _run_chunks([(fn, (ctx.x, y, arrays), total, "sum")], batch, ctx.verbose)
     cover_r = ((np.arange(h)[:, None] >= rows) & (np.arange(h)[:, None] < rows + patch)).sum(1)
@@ -739,18 +756,18 @@ def rise(ctx) -> tf.Tensor:
     def build():
         def chunk(start, count, x, grids_t, shifts_t, target_arrays):
             nm = tf.shape(grids_t)[0]
-            p = start + tf.range(count)
+            p, valid = _items(ex, start, count, batch)
             n, i = p // nm, p % nm
             m = expand_rise_masks(tf.gather(grids_t, i), tf.gather(shifts_t, i), (h, w))
             xn = tf.gather(x, n)
             s = _model_score(ex, target, xn * tf.cast(m[..., None], xn.dtype), target_arrays, n)
-            return tf.math.unsorted_segment_sum(s[:, None, None] * m, n, tf.shape(x)[0])
+            return tf.math.unsorted_segment_sum(_masked(s[:, None, None] * m, valid), n, tf.shape(x)[0])
 
         specs = [_i32(), _i32(), ex._x_spec(), tf.TensorSpec((None, grid, grid), tf.float32),
                  tf.TensorSpec((None, 2), tf.int32), ex._arrays_spec(arrays)]
         return ex._compile(chunk, specs)
 
-    fn = _cached(ex, _key(("rise", grid), 0, target, arrays), build)
+    fn = _cached(ex, _key(("rise", grid, batch), 0, target, arrays), build)
     total = int(ctx.x.shape[0]) * n_masks
     args = (ctx.x, tf.constant(grids), tf.constant(shifts), arrays)
     (summed,) = _run_chunks([(fn, args, total, "sum")], batch, ctx.verbose)
