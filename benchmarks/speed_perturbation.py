@@ -7,6 +7,7 @@ Rows (all measured in one run, ratios of wall times):
    ``out_relu`` (1280 channels), 2 images = 2560 masked passes.
 2. tf-keras-vis ``Scorecam(max_N=-1)`` / tfcam Score-CAM on the same work (skipped when
    tf-keras-vis is absent).
+   RISE with as many masks as channels / the same forward passes (target <= 1.3).
 3. Ablation-CAM / Score-CAM on ResNet50(weights=None) at ``conv5_block3_out`` (2048
    channels). Small input (64x64, 1 image) so it finishes in minutes on a busy CPU.
 4. Faster Score-CAM (``top_k=32``) / Grad-CAM on the same ResNet50 work.
@@ -75,6 +76,10 @@ def rows(quick: bool = False) -> list[dict]:
                    f"MobileNetV2 {size}x{size}, {n_img} img x {channels} ch: Score-CAM {score_times[best_s]:.2f}s "
                    f"(perturbation_batch_size={best_s}), forward {fwd_times[best_b]:.2f}s (batch {best_b}); "
                    f"Score-CAM by batch: " + ", ".join(f"{b}:{t:.2f}s" for b, t in score_times.items())))
+    rise = tfcam.Explainer(mnet, "out_relu", method="rise", n_masks=channels, perturbation_batch_size=best_s)
+    t_rise = best_time(lambda: rise.explain(x, classes, verbose=0), repeats=repeats, warmup=1)
+    out.append(row("RISE (N masks) / N plain forward passes", t_rise / fwd_times[best_b], "<= 1.3",
+                   f"same MobileNetV2 work, n_masks={channels}: RISE {t_rise:.2f}s"))
     if have("tf_keras_vis"):
         from tf_keras_vis.scorecam import Scorecam
         from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
