@@ -7,6 +7,8 @@ command-line usage errors, as argparse does); ``--debug`` shows the traceback in
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -78,14 +80,17 @@ def _load_model(spec: str, weights: str = "none", size: tuple[int, int] | None =
     kwargs: dict[str, Any] = {"weights": "imagenet" if weights == "imagenet" else None}
     if size is not None:
         kwargs["input_shape"] = (size[0], size[1], 3)
+    buffer = io.StringIO()
     try:
-        model = build(**kwargs)
+        with contextlib.redirect_stdout(buffer):  # Keras prints "Downloading data from ..." before failing
+            model = build(**kwargs)
     except Exception as err:  # noqa: BLE001 - download / shape errors from keras.applications
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if weights == "imagenet":
             raise CliError(f"could not get the ImageNet weights of {spec!r} (no network connection, or the download "
                            f"failed: {first}); use --weights none, or a saved model file") from err
         raise CliError(f"could not build {spec!r}: {first}") from err
+    sys.stdout.write(buffer.getvalue())
     return model, spec, weights == "imagenet"
 
 
