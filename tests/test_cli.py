@@ -271,3 +271,27 @@ def test_layers_lists_nested_paths_last_first(tmp_path):
     proc = run_cli("layers", tmp_path / "missing.keras")
     assert proc.returncode == 1 and error_lines(proc.stderr) == [
         f"tfcam: error: model file not found: '{tmp_path / 'missing.keras'}'"]
+
+
+# ------------------------------------------------------------------------------ demo scoring helpers
+def test_demo_scores_hand_computed_and_metrics_module_fallback(caplog):
+    from tfcam import demo
+
+    masks = np.zeros((2, 4, 4), bool)
+    masks[:, :2, :2] = True
+    maps = np.zeros((2, 4, 4), np.float32)
+    maps[0, 0, 1], maps[0, 3, 3] = 1.0, 0.5  # peak inside: hit; energy 1 / 1.5
+    maps[1, 3, 0], maps[1, 1, 1] = 1.0, 1.0 / 3  # peak outside: miss; energy (1/3) / (4/3)
+    np.testing.assert_array_equal(demo._inline_pointing(maps, masks), [1.0, 0.0])
+    np.testing.assert_allclose(demo._inline_energy(maps, masks), [2 / 3, 1 / 4], rtol=1e-6)
+    assert demo._mean_score(None, demo._inline_energy, maps, masks) == pytest.approx((2 / 3 + 1 / 4) / 2)
+    # a metrics module returning per-example values or a scalar is used as is
+    assert demo._mean_score(lambda m, k: np.array([0.25, 0.75]), demo._inline_pointing, maps, masks) == 0.5
+    assert demo._mean_score(lambda m, k: 0.3, demo._inline_pointing, maps, masks) == pytest.approx(0.3)
+
+    def broken(m, k):
+        raise TypeError("other signature")
+
+    with caplog.at_level("WARNING", logger="tfcam"):
+        assert demo._mean_score(broken, demo._inline_pointing, maps, masks) == 0.5
+    assert "using the inline computation" in caplog.text
