@@ -56,7 +56,7 @@ import keras as _keras  # noqa: E402
 if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with another backend
     raise _backend_error(_keras.backend.backend())
 
-from tfcam import callbacks, dataset, datasets, matrix, outputs, targets, viz  # noqa: E402
+from tfcam import callbacks, dataset, datasets, io, matrix, outputs, targets, viz  # noqa: E402
 from tfcam.dataset import ExplanationShards, MemoryWriter, ShardWriter, Writer, explain_dataset  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
 from tfcam.introspection import FeatureMaps, Filters, feature_maps, filters, maximize_activation  # noqa: E402
@@ -96,6 +96,7 @@ __all__ = [
     "tokens_to_grid",
     "targets",
     "datasets",
+    "io",
     "viz",
     "probability_map",
     "anomaly_map",

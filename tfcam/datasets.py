@@ -50,23 +50,36 @@ def shapes(
         seed: random seed (the same seed gives the same data).
         noise: standard deviation of the Gaussian pixel noise.
         clutter: number of distractor strokes and dots per image.
-        min_radius, max_radius: object size range in pixels (default 10% - 22% of the side).
+        min_radius: smallest object radius in pixels (default 10% of the side).
+        max_radius: largest object radius in pixels (default 22% of the side).
 
     Returns:
         ``(images, labels, masks)``: float32 images in [0, 1] ``(n, S, S, 3)``, int32
         labels in ``range(len(SHAPE_NAMES))`` ``(n,)``, and bool masks ``(n, S, S)`` of
         the class-deciding object.
 
+    Raises:
+        InputError: non-positive counts, images smaller than 16 pixels, negative noise or
+            clutter, or a radius range that does not fit in the image.
+
     Example:
 
     >>> x, y, masks = tfcam.datasets.shapes(256, image_size=64, seed=0)
     """
-    if n < 1 or image_size < 16:
-        raise InputError(f"Expected n >= 1 and image_size >= 16. Received: n={n}, image_size={image_size}")
+    if not isinstance(n, (int, np.integer)) or not isinstance(image_size, (int, np.integer)) \
+            or n < 1 or image_size < 16:
+        raise InputError(f"Expected integers n >= 1 and image_size >= 16. Received: n={n!r}, image_size={image_size!r}")
+    if noise < 0 or clutter < 0:
+        raise InputError(f"Expected noise >= 0 and clutter >= 0. Received: noise={noise!r}, clutter={clutter!r}")
     rng = np.random.default_rng(seed)
-    s = image_size
-    rmin = min_radius if min_radius is not None else 0.10 * s
-    rmax = max_radius if max_radius is not None else 0.22 * s
+    s = int(image_size)
+    rmin = float(min_radius) if min_radius is not None else 0.10 * s
+    rmax = float(max_radius) if max_radius is not None else 0.22 * s
+    if not 2.0 <= rmin <= rmax <= s / 2 - 2:
+        raise InputError(
+            f"Expected 2 <= min_radius <= max_radius <= image_size / 2 - 2 = {s / 2 - 2:g} (the object must fit). "
+            f"Received: min_radius={min_radius!r}, max_radius={max_radius!r}"
+        )
     images = np.empty((n, s, s, 3), np.float32)
     labels = rng.integers(0, len(SHAPE_NAMES), size=n).astype(np.int32)
     masks = np.zeros((n, s, s), bool)
