@@ -33,7 +33,7 @@ if _keras.backend.backend() != "tensorflow":
         f"Received: keras backend={_keras.backend.backend()!r}"
     )
 
-from tfcam import datasets, targets, viz  # noqa: E402
+from tfcam import callbacks, datasets, targets, viz  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
 from tfcam.layers import spatial_layers  # noqa: E402
 from tfcam.methods import REGISTRY as _REGISTRY  # noqa: E402
@@ -53,6 +53,7 @@ __all__ = [
     "plot",
     "spatial_layers",
     "targets",
+    "callbacks",
     "datasets",
     "viz",
     "TfcamError",
