@@ -40,16 +40,16 @@ __all__ = ["SummaryCallback", "is_chief", "sanitize_tag", "image_summary", "scal
 
 logger = logging.getLogger("tfcam")
 
-_TAG_BAD = re.compile(r"[^A-Za-z0-9_.\-/]")
+_TAG_BAD = re.compile(r"[^A-Za-z0-9_.\-/+]")
 
 
 def sanitize_tag(tag: str) -> str:
-    """Replaces characters TensorBoard does not accept in tags (keeps ``A-Za-z0-9_.-/``)."""
+    """Replaces characters other than ``A-Za-z0-9_.-/+`` in a tag by ``_`` (so ``gradcam++`` stays)."""
     return _TAG_BAD.sub("_", tag)
 
 
 def _file_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", text.replace("+", "pp").replace("/", "__"))
+    return re.sub(r"[^A-Za-z0-9_.\-+]", "_", text.replace("/", "__"))
 
 
 def is_chief(strategy: Any = None) -> bool:
