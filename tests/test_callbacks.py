@@ -578,3 +578,19 @@ def test_an_explainer_kept_while_training_reads_the_current_head_weights():
     np.testing.assert_allclose(old.scores, logits[np.arange(3), [0, 1, 2]], rtol=1e-5, atol=1e-6)
     for m in ("gradcam", "gradcam++"):
         np.testing.assert_allclose(old[m], fresh[m], atol=1e-6)
+
+
+def test_max_images_cuts_images_targets_and_masks_alike(tmp_path):
+    x, y = _data(32)
+    masks = np.zeros((6, 16, 16), bool)
+    masks[:, 4:12, 4:12] = True
+    cb = HeatmapCallback(list(x[:6]), targets=[1, 2, 3, 0, 1, 2], layer="c2", log_dir=str(tmp_path),
+                         max_images=3, masks=masks, colormap="viridis", alpha=0.7)
+    model = _model()
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[cb])
+    ev = read_events(str(tmp_path / "heatmaps"))
+    maps = tfcam.Explainer(model, "c2")(x[:3], targets=[1, 2, 3])
+    want = tfcam.overlay(x[:3], maps, colormap="viridis", alpha=0.7)
+    np.testing.assert_allclose(np.stack(ev["gradcam/c2"][0][1]).astype(int), want.astype(int), atol=1)
+    frac = [maps[i][masks[i]].sum() / maps[i].sum() for i in range(3)]
+    assert ev["gradcam/c2/energy_in_mask"][0][1] == pytest.approx(float(np.mean(frac)), abs=1e-5)

@@ -255,6 +255,8 @@ class HeatmapCallback(SummaryCallback):
         target: Any = self.targets
         if isinstance(target, str):
             target = _labels_as_indices(labels, len(x))
+        elif isinstance(target, (list, tuple, np.ndarray)) and np.ndim(target) == 1:
+            target = np.asarray(target)[: len(x)]  # targets given for more images than max_images
         self._target = target
         # a full dry run: validates images and targets and compiles the step before epoch 0
         result = self.explainer.explain(x, target, self.methods, verbose=0)
