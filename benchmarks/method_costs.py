@@ -24,7 +24,6 @@ OPTIONS = {"rise": {"n_masks": 500}}
 
 
 def main() -> None:
-    import numpy as np
 
     import tfcam
     from tfcam.demo import build_demo_model
