@@ -95,6 +95,7 @@ __all__ = [
     "spatial_layers",
     "tokens_to_grid",
     "targets",
+    "callbacks",
     "datasets",
     "io",
     "viz",

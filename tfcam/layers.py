@@ -366,6 +366,44 @@ def output_activation(layer: keras.layers.Layer) -> str | None:
     return name if name in _SQUASHING else None
 
 
+def _pre_activation_value(layer: keras.layers.Layer, x: Any):
+    """The pre-activation of a supported squashing layer on ``x`` (see ``_pre_activation``)."""
+    if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
+        return x
+    if isinstance(layer, keras.layers.Dense):
+        z = ops.matmul(x, ops.cast(layer.kernel, x.dtype))
+        if layer.use_bias:
+            z = z + ops.cast(layer.bias, x.dtype)
+        return z
+    z = layer.convolution_op(x, ops.cast(layer.kernel, x.dtype))
+    if getattr(layer, "use_bias", False):
+        bias = ops.cast(layer.bias, x.dtype)
+        if getattr(layer, "data_format", "channels_last") == "channels_first":
+            bias = ops.reshape(bias, (1, -1) + (1,) * (len(z.shape) - 2))
+        z = z + bias
+    return z
+
+
+class _PreActivation(keras.layers.Layer):
+    """Computes an output layer's pre-activation when the capture model *runs*.
+
+    Written as plain ops on a symbolic input, ``ops.cast(layer.kernel, ...)`` would run
+    eagerly while the functional graph is built and freeze the kernel's value at that
+    moment: an Explainer kept while the model trains (e.g. by a callback) would then
+    score with stale head weights. Inside ``call`` the variables are read on every run.
+    """
+
+    def __init__(self, layer: keras.layers.Layer):
+        super().__init__(name=f"tfcam_pre_activation_{layer.name}", dtype=layer.dtype_policy)
+        self.source = layer  # the user's layer, shared (never modified)
+
+    def call(self, x):
+        return _pre_activation_value(self.source, x)
+
+    def compute_output_shape(self, input_shape):
+        return self.source.compute_output_shape(input_shape)
+
+
 def _pre_activation(layer: keras.layers.Layer, args: tuple, kwargs: dict):
     """The value a squashing output layer computes before its activation, or None.
 
@@ -374,21 +412,9 @@ def _pre_activation(layer: keras.layers.Layer, args: tuple, kwargs: dict):
     x = args[0] if args else next(iter(kwargs.values()))
     if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
         return x
-    if isinstance(layer, keras.layers.Dense):
-        z = ops.matmul(x, ops.cast(layer.kernel, x.dtype))
-        if layer.use_bias:
-            z = z + ops.cast(layer.bias, x.dtype)
-        return z
-    conv_op = getattr(layer, "convolution_op", None)
-    if conv_op is not None and hasattr(layer, "kernel"):
-        z = conv_op(x, ops.cast(layer.kernel, x.dtype))
-        if getattr(layer, "use_bias", False):
-            bias = ops.cast(layer.bias, x.dtype)
-            if getattr(layer, "data_format", "channels_last") == "channels_first":
-                bias = ops.reshape(bias, (1, -1) + (1,) * (len(z.shape) - 2))
-            z = z + bias
-        return z
-    return None
+    supported = isinstance(layer, keras.layers.Dense) or (
+        getattr(layer, "convolution_op", None) is not None and hasattr(layer, "kernel"))
+    return _PreActivation(layer)(x) if supported else None
 
 
 # --------------------------------------------------------------------------- capture

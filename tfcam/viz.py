@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from tfcam.errors import InputError, InputTypeError
 
-__all__ = ["COLORMAPS", "colormap_lut", "colorize", "to_uint8_images", "overlay", "plot", "grid"]
+__all__ = ["COLORMAPS", "colormap_lut", "colorize", "to_uint8_images", "overlay", "plot", "grid", "tile",
+           "comparison_grid"]
 
 _LUT_FILE = os.path.join(os.path.dirname(__file__), "colormaps.npz")
 
@@ -221,3 +222,78 @@ def grid(tiles: Any, cols: int | None = None, pad: int = 1, pad_value: int = 255
         r, c = divmod(i, cols)
         out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = t[i]
     return out
+
+
+def tile(images: Any, cols: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+    """Tiles ``N`` images ``(N, H, W, C)`` into one ``(rows*(H+pad)+pad, cols*(W+pad)+pad, 3)`` image.
+
+    A batch ``(B, N, H, W, C)`` gives ``B`` grids at once, ``(B, rows*(H+pad)+pad, ...)``.
+
+    Args:
+        images: ``(N, H, W, C)`` or ``(B, N, H, W, C)`` images (converted with ``to_uint8_images``).
+        cols: images per row; None for ``ceil(sqrt(N))``.
+        pad: pixels of ``pad_value`` between (and around) the tiles.
+        pad_value: the separator colour (0..255).
+
+    Returns:
+        uint8 RGB; empty cells (when ``N`` is not a multiple of ``cols``) are filled with
+        ``pad_value``.
+
+    Example:
+
+    >>> tfcam.viz.tile(np.zeros((5, 8, 8, 3), np.uint8), cols=3).shape
+    (22, 32, 3)
+    """
+    x = images.numpy() if isinstance(images, tf.Tensor) else np.asarray(images)
+    batched = x.ndim == 5
+    if batched:
+        b, n = x.shape[:2]
+        img = to_uint8_images(x.reshape((b * n,) + x.shape[2:]))
+        img = img.reshape((b, n) + img.shape[1:])
+    else:
+        img = to_uint8_images(x)[None]
+        b, n = img.shape[:2]
+    h, w, c = img.shape[2:]
+    if cols is None:
+        cols = int(np.ceil(np.sqrt(n)))
+    if isinstance(cols, bool) or not isinstance(cols, (int, np.integer)) or cols < 1 or pad < 0:
+        raise InputError(f"Expected cols >= 1 and pad >= 0. Received: cols={cols!r}, pad={pad!r}")
+    cols = min(int(cols), n)
+    rows = int(np.ceil(n / cols))
+    full = np.full((b, rows * cols, h + pad, w + pad, c), pad_value, np.uint8)
+    full[:, :n, pad:, pad:] = img
+    grid = full.reshape(b, rows, cols, h + pad, w + pad, c).transpose(0, 1, 3, 2, 4, 5)
+    grid = grid.reshape(b, rows * (h + pad), cols * (w + pad), c)
+    grid = np.pad(grid, ((0, 0), (0, pad), (0, pad), (0, 0)), constant_values=pad_value)
+    return grid if batched else grid[0]
+
+
+def comparison_grid(
+    images: Any,
+    maps: Any,
+    *,
+    colormap: str = "jet",
+    alpha: float = 0.4,
+    pad: int = 2,
+) -> np.ndarray:
+    """One image with a row per example: image | heatmap | overlay.
+
+    Args:
+        images: ``(N, H, W, C)`` uint8 or float images.
+        maps: ``(N, H, W)`` maps in [0, 1] at the images' size.
+        colormap, alpha: as in ``overlay``.
+        pad: white pixels between the cells.
+
+    Returns:
+        ``(N*(H+pad)+pad, 3*(W+pad)+pad, 3)`` uint8 RGB (what TensorBoard callbacks log).
+
+    Example:
+
+    >>> grid = tfcam.viz.comparison_grid(images, explainer(images))
+    """
+    img = to_uint8_images(images)
+    views = overlay(img, maps, colormap=colormap, alpha=alpha)
+    m = maps.numpy() if isinstance(maps, tf.Tensor) else np.asarray(maps)
+    heat = colorize(m.reshape(views.shape[:3]), colormap)
+    cells = np.stack([img, heat, views], axis=1).reshape((-1,) + img.shape[1:])
+    return tile(cells, cols=3, pad=pad)

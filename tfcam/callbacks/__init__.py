@@ -1,12 +1,27 @@
-"""Keras callbacks that log tfcam heatmaps to TensorBoard during training.
+"""Keras callbacks that show explanations and outputs in TensorBoard while a model trains.
 
-Each callback writes with its own lazily created ``tf.summary`` writer in a sub-directory of
-``log_dir``, hooks epoch ends only, validates its arguments when training begins, and never
-stops training: a failure at an epoch end is reported as a warning and training goes on.
+- ``HeatmapCallback``: class activation maps of fixed sample images every (n-th) epoch.
+- ``FeatureMapCallback``: feature-map grids of one layer.
+- ``ConfusionMatrixCallback``: the confusion-matrix heatmap of validation data.
+- ``ProbabilityMapCallback``: per-pixel class probabilities of a segmentation model.
+- ``SummaryCallback``: the base (lazy writer in our own sub-directory of ``log_dir``,
+  validation in ``on_train_begin``, failures logged as warnings, chief-only writing,
+  ``every_n_epochs``, optional PNG files) to build other callbacks on.
 """
 
 from __future__ import annotations
 
+from tfcam.callbacks.base import SummaryCallback, is_chief, sanitize_tag
+from tfcam.callbacks.heatmap import FeatureMapCallback, HeatmapCallback, first_batch
 from tfcam.callbacks.outputs import ConfusionMatrixCallback, ProbabilityMapCallback
 
-__all__ = ["ConfusionMatrixCallback", "ProbabilityMapCallback"]
+__all__ = [
+    "HeatmapCallback",
+    "FeatureMapCallback",
+    "ConfusionMatrixCallback",
+    "ProbabilityMapCallback",
+    "SummaryCallback",
+    "is_chief",
+    "sanitize_tag",
+    "first_batch",
+]
