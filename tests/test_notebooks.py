@@ -88,3 +88,23 @@ def test_notebook_runs(name, kernel_env, tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError with the traceback when a cell fails
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
+
+
+def test_readme_notebook_figures_come_from_marked_cells():
+    """Every notebook picture the README shows is marked in a notebook and committed, small."""
+    import re
+
+    marked = set()
+    for name in NOTEBOOKS:
+        nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                marked.update(re.findall(r"^#\s*README figure:\s*(\S+\.png)\s*$", cell.source, re.MULTILINE))
+    shown = set(re.findall(r"docs/images/(notebook_\w+\.png)", (ROOT / "README.md").read_text()))
+    assert shown, "the README shows no notebook figure"
+    assert shown <= marked, f"README figures no notebook cell marks: {sorted(shown - marked)}"
+    for png in shown:
+        path = ROOT / "docs" / "images" / png
+        assert path.is_file(), f"{path} is missing: run scripts/readme_notebook_figures.py"
+        assert path.stat().st_size < 300_000, f"{path} is larger than 300 kB"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
