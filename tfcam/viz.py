@@ -203,6 +203,8 @@ def plot(
 def grid(tiles: Any, cols: int | None = None, pad: int = 1, pad_value: int = 255) -> np.ndarray:
     """Tiles ``(K, h, w[, 3])`` (uint8 or floats in [0, 1]) -> one uint8 RGB mosaic.
 
+    ``tile`` without its outer border: ``pad`` pixels between tiles only.
+
     Args:
         tiles: images of one size; grayscale tiles are repeated to RGB.
         cols: tiles per row (default ``ceil(sqrt(K))``).
@@ -211,17 +213,11 @@ def grid(tiles: Any, cols: int | None = None, pad: int = 1, pad_value: int = 255
     Returns:
         ``(rows * (h + pad) - pad, cols * (w + pad) - pad, 3)`` uint8, row-major order.
     """
-    t = to_uint8_images(tiles)
-    k, h, w = t.shape[:3]
-    if k == 0:
+    t = np.asarray(tiles)
+    if t.ndim == 0 or t.shape[0] == 0:
         raise InputError(f"Expected at least one tile. Received: tiles.shape={t.shape}")
-    cols = int(np.ceil(np.sqrt(k))) if cols is None else max(1, int(cols))
-    rows = int(np.ceil(k / cols))
-    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, 3), pad_value, np.uint8)
-    for i in range(k):
-        r, c = divmod(i, cols)
-        out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = t[i]
-    return out
+    mosaic = tile(t, cols=cols, pad=pad, pad_value=pad_value)
+    return mosaic[pad:mosaic.shape[0] - pad, pad:mosaic.shape[1] - pad] if pad else mosaic
 
 
 def tile(images: Any, cols: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:

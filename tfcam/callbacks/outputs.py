@@ -7,78 +7,46 @@ Guarantees (shared with the other tfcam callbacks):
 - only ``on_train_begin`` (validation), ``on_epoch_end`` (logging every ``every_n_epochs``)
   and ``on_train_end`` (flush and close) are hooked: no per-batch cost;
 - arguments are validated when training begins (bad ones raise a tfcam error before the
-  first epoch); a failure at a later epoch end is a ``RuntimeWarning`` and training goes on.
+  first epoch); a failure at a later epoch end is logged as a warning and training goes on
+  (``callback.failures`` lists them). Built on ``tfcam.callbacks.SummaryCallback``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
+from tfcam.callbacks.base import SummaryCallback
 from tfcam.errors import InputError, InputTypeError, TargetError
 from tfcam.matrix import NORMALIZE, matrix_image
 from tfcam.outputs import probability_map
 from tfcam.viz import colorize, colormap_lut, overlay
 
-__all__ = ["ConfusionMatrixCallback", "ProbabilityMapCallback", "write_image_summary"]
+__all__ = ["ConfusionMatrixCallback", "ProbabilityMapCallback"]
 
 logger = logging.getLogger("tfcam")
 
 
-def write_image_summary(tag: str, images: np.ndarray, step: int) -> None:
-    """Writes uint8 ``(N, H, W, 3)`` images to the default ``tf.summary`` writer.
+class _EpochImageCallback(SummaryCallback):
+    """``SummaryCallback`` for callbacks that log a few images per epoch.
 
-    The same record as TensorBoard's ``tf.summary.image`` (a string tensor
-    ``[width, height, png, png, ...]`` with the ``"images"`` plugin metadata), written with
-    TensorFlow's own ``tf.summary.write``, so the ``tensorboard`` package is not needed to
-    log (only to view).
+    Subclasses implement ``_validate()`` (run in ``on_train_begin``) and
+    ``_images(epoch) -> {tag: uint8 (N, H, W, 3)}``.
     """
-    images = np.asarray(images, np.uint8)
-    pngs = [tf.io.encode_png(img) for img in images]
-    tensor = tf.stack([tf.constant(str(images.shape[2])), tf.constant(str(images.shape[1]))] + pngs)
-    metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="images"),
-        data_class=summary_pb2.DATA_CLASS_BLOB_SEQUENCE,
-    )
-    tf.summary.write(tag, tensor, step=step, metadata=metadata)
-
-
-class _EpochImageCallback(keras.callbacks.Callback):
-    """Lazy writer, epoch-end-only logging, warn-and-continue. Subclasses implement
-    ``_validate()`` and ``_images(epoch) -> {tag: uint8 (N, H, W, 3)}``."""
 
     def __init__(self, log_dir: str | os.PathLike, name: str, every_n_epochs: int):
-        super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)):
             raise InputTypeError(f"Expected log_dir to be a path. Received: log_dir={log_dir!r}")
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, (int, np.integer)) \
-                or every_n_epochs < 1:
-            raise InputError(f"Expected a positive integer every_n_epochs. Received: every_n_epochs={every_n_epochs!r}")
         if not isinstance(name, str) or not name or os.sep in name:
             raise InputError(f"Expected a plain sub-directory name. Received: name={name!r}")
-        self.log_dir = os.fspath(log_dir)
+        super().__init__(log_dir, every_n_epochs=every_n_epochs, subdir=name)
         self.name = name
-        self.every_n_epochs = int(every_n_epochs)
-        self.failures = 0
-        self._writer = None
-
-    @property
-    def writer_dir(self) -> str:
-        """Where this callback's event files go: ``log_dir/<name>``."""
-        return os.path.join(self.log_dir, self.name)
-
-    def _get_writer(self):
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.writer_dir)
-        return self._writer
 
     def _validate(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -86,30 +54,12 @@ class _EpochImageCallback(keras.callbacks.Callback):
     def _images(self, epoch: int) -> dict[str, np.ndarray]:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
+    def setup(self) -> None:
         self._validate()
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if (epoch + 1) % self.every_n_epochs:
-            return
-        try:
-            images = self._images(epoch)
-            writer = self._get_writer()
-            with writer.as_default():
-                for tag, img in images.items():
-                    write_image_summary(tag, img, epoch)
-            writer.flush()
-        except Exception as err:  # noqa: BLE001 - a picture must never stop training
-            self.failures += 1
-            msg = f"{type(self).__name__} skipped epoch {epoch + 1}: {type(err).__name__}: {err}"
-            logger.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-            self._writer.close()
-            self._writer = None
+    def log_epoch(self, epoch: int, logs: dict | None) -> None:
+        for tag, img in self._images(epoch).items():
+            self.write_image(tag, img, epoch)
 
 
 def _model_output_shape(model: keras.Model, output: int | str | None) -> tuple | None:
