@@ -210,3 +210,53 @@ def test_user_model_untouched_and_compiled_once(nets, images):
         assert (layer.activation if hasattr(layer, "activation") else None) is act
         assert dict(vars(layer)).keys() == keys
     assert tfcam.Explainer(fused, method="full-grad").method == "fullgrad"
+
+
+def _layer_pair(kind):
+    """(fused, separate) single-input nets around one layer type, same weights."""
+    def build(fused):
+        act = "relu" if fused else None
+        shape = (16, 3) if kind == "conv1d_causal" else ((3, H, H) if kind == "channels_first" else (H, H, 3))
+        inp = keras.Input(shape)
+        if kind == "separable":
+            layer = keras.layers.SeparableConv2D(4, 3, activation=act, name="L")
+        elif kind == "transpose":
+            layer = keras.layers.Conv2DTranspose(4, 3, strides=2, activation=act, name="L")
+        elif kind == "conv1d_causal":
+            layer = keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=2, activation=act, name="L")
+        else:
+            layer = keras.layers.Conv2D(4, 3, activation=act, data_format="channels_first", name="L")
+        h = layer(inp)
+        if not fused:
+            h = keras.layers.Activation("relu")(h)
+        if kind == "channels_first":
+            h = keras.layers.BatchNormalization(axis=1, name="bn")(h)
+            h = keras.layers.Conv2D(3, 3, data_format="channels_first", activation=act, name="L2")(h)
+            if not fused:
+                h = keras.layers.Activation("relu")(h)
+            g = keras.layers.GlobalAveragePooling2D(data_format="channels_first")(h)
+        else:
+            g = keras.layers.Flatten()(h)
+        out = keras.layers.Dense(3, name="head")(g)
+        return keras.Model(inp, out, name=f"{kind}_{fused}")
+
+    fused = _set_weights(build(True), seed=5)
+    separate = build(False)
+    for layer in separate.layers:
+        if layer.weights:
+            layer.set_weights(fused.get_layer(layer.name).get_weights())
+    return fused, separate
+
+
+@pytest.mark.parametrize("kind", ["separable", "transpose", "conv1d_causal", "channels_first"])
+def test_other_conv_layers_fused_equals_separate(kind):
+    fused, separate = _layer_pair(kind)
+    x = np.random.default_rng(7).normal(size=(2,) + tuple(fused.inputs[0].shape[1:])).astype(np.float32)
+    np.testing.assert_allclose(fused(x).numpy(), separate(x).numpy(), atol=1e-5)
+    a = tfcam.Explainer(fused, method="fullgrad")(x, [0, 2])
+    b = tfcam.Explainer(separate, method="fullgrad")(x, [0, 2])
+    assert a.shape == (2,) + ((16,) if kind == "conv1d_causal" else (H, H))
+    np.testing.assert_allclose(a, b, atol=2e-5)
+    scores, input_sum, bias_sum = _completeness(fused, x, np.array([0, 2]))
+    np.testing.assert_allclose(input_sum + bias_sum, scores, rtol=1e-4, atol=1e-4)
+    assert np.abs(bias_sum).min() > 1e-3

@@ -119,6 +119,23 @@ def _linear_part(layer, x):
     return z + ops.reshape(k(layer.bias, z.dtype), shape)
 
 
+class _LinearPart(keras.layers.Layer):
+    """tfcam's own layer computing a user layer's pre-activation output in the rebuilt graph.
+
+    Running the ops inside a layer call (on concrete tensors) rather than as symbolic
+    operations of the graph also sidesteps a Keras 3 bug in the symbolic
+    ``ConvTranspose`` operation (it passes ``padding`` and ``output_padding`` swapped).
+    The user's layer is reached through a closure, so it is not tracked as a sub-layer.
+    """
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(name=f"tfcam_pre_{layer.name}", dtype=layer.dtype_policy, **kwargs)
+        self._fn = lambda x: _linear_part(layer, x)
+
+    def call(self, x):
+        return self._fn(x)
+
+
 def _is_linear(activation) -> bool:
     return activation is None or getattr(activation, "__name__", "") == "linear"
 
@@ -148,17 +165,14 @@ class _Rebuild:
                 if is_output and sub_logits and sub_logits[0] is not None:
                     logits[id(layer)] = sub_logits[0]
                 return outs[0] if len(outs) == 1 else outs
+            if _is_model(layer):
+                logger.info("FullGrad: %r has no graph to descend into; its inner biases are skipped.", layer.name)
             pre = None
             if _has_bias(layer) and not _is_linear(getattr(layer, "activation", None)):
                 x = args[0] if args else next(iter(kwargs.values()))
-                pre = _linear_part(layer, x)
-                if pre is None:
-                    logger.info("FullGrad: cannot recompute the pre-activation of %r; its bias is skipped.",
-                                layer.name)
-                    result = layer(*args, **kwargs)
-                else:
-                    result = layer.activation(pre)
-                    self.terms.append((prefix + layer.name, layer, pre))
+                pre = _LinearPart(layer)(x)  # conv / Dense: the types _has_bias accepts
+                result = layer.activation(pre)
+                self.terms.append((prefix + layer.name, layer, pre))
             else:
                 result = layer(*args, **kwargs)
                 if _has_bias(layer):
