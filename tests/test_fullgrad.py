@@ -248,6 +248,7 @@ def _layer_pair(kind):
     return fused, separate
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["separable", "transpose", "conv1d_causal", "channels_first"])
 def test_other_conv_layers_fused_equals_separate(kind):
     fused, separate = _layer_pair(kind)
