@@ -29,7 +29,7 @@ import tensorflow as tf
 from tfcam import maps as maps_ops
 from tfcam.engine import Explainer
 from tfcam.errors import InputError, MethodError
-from tfcam.layers import LayerSpec, find_cam_head
+from tfcam.layers import LayerSpec, find_cam_head, resolve_layers
 
 __all__ = ["DeepFeatureFactorization", "deep_feature_factorization", "nmf"]
 
@@ -147,7 +147,7 @@ def _head(model: keras.Model, ex: Explainer, output_index: int):
 
 
 def deep_feature_factorization(
-    model: keras.Model,
+    model: keras.Model | Explainer,
     images: Any,
     layer: LayerSpec | None = None,
     n_components: int = 5,
@@ -169,7 +169,10 @@ def deep_feature_factorization(
     scores highest on when the layer feeds a ``GlobalAveragePooling -> Dense`` head.
 
     Args:
-        model: a built Keras model.
+        model: a built Keras model, or a ``tfcam.Explainer`` with one layer: its capture
+            graph and compiled forward pass are then reused (building them is most of
+            the cost of a first call; the NMF loop is compiled once per ``K`` and
+            ``n_iter`` and shared by all calls).
         images: ``(N, *input_shape)`` array (as for ``tfcam.Explainer``).
         layer: the layer (name, path or object); None picks the last spatial layer.
         n_components: ``K``, the number of concepts.
@@ -197,8 +200,17 @@ def deep_feature_factorization(
         if len(layer) != 1:
             raise InputError(f"Deep Feature Factorization takes one layer. Received: layer={layer!r}")
         layer = layer[0]
-    ex = Explainer(model, layer, output=output, input=input, data_format=data_format, batch_size=batch_size,
-                   jit_compile=jit_compile)
+    if isinstance(model, Explainer):
+        ex = model  # reuse its capture graph and compiled forward pass across calls
+        if layer is not None and [r.path for r in resolve_layers(ex.model, layer, ex.input_index)] != ex.layer_names:
+            raise InputError("With an Explainer, the layer is the Explainer's own (pass layer=None). "
+                             f"Received: layer={layer!r} for an Explainer of {ex.layer_names}")
+        if len(ex.layer_names) != 1:
+            raise InputError(f"Deep Feature Factorization takes one layer. Received: Explainer of {ex.layer_names}")
+        model = ex.model
+    else:
+        ex = Explainer(model, layer, output=output, input=input, data_format=data_format, batch_size=batch_size,
+                       jit_compile=jit_compile)
     x = ex._prepare_images(images)
     n = len(x[0]) if isinstance(x, list) else x.shape[0]
     acts = tf.concat([ex.forward(xb)[0][0] for _, _, xb in ex._batches(x, n)], axis=0)  # (N, *S, C)
