@@ -58,6 +58,7 @@ if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with 
 
 from tfcam import callbacks, dataset, datasets, io, matrix, outputs, targets, viz  # noqa: E402
 from tfcam.dataset import ExplanationShards, MemoryWriter, ShardWriter, Writer, explain_dataset  # noqa: E402
+from tfcam.dff import DeepFeatureFactorization, deep_feature_factorization  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
 from tfcam.introspection import FeatureMaps, Filters, feature_maps, filters, maximize_activation  # noqa: E402
 from tfcam.layers import spatial_layers, tokens_to_grid  # noqa: E402
@@ -92,6 +93,8 @@ __all__ = [
     "filters",
     "Filters",
     "maximize_activation",
+    "deep_feature_factorization",
+    "DeepFeatureFactorization",
     "spatial_layers",
     "tokens_to_grid",
     "targets",
