@@ -33,7 +33,7 @@ if _keras.backend.backend() != "tensorflow":
         f"Received: keras backend={_keras.backend.backend()!r}"
     )
 
-from tfcam import datasets, targets, viz  # noqa: E402
+from tfcam import datasets, metrics, targets, viz  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
 from tfcam.layers import spatial_layers  # noqa: E402
 from tfcam.methods import REGISTRY as _REGISTRY  # noqa: E402
@@ -54,6 +54,7 @@ __all__ = [
     "spatial_layers",
     "targets",
     "datasets",
+    "metrics",
     "viz",
     "TfcamError",
     "BackendError",
