@@ -302,10 +302,11 @@ def test_compare_table(rng):
     masks = np.zeros((4, 16, 16), bool)
     masks[:, 4:12, 4:12] = True
     table = M.compare(model, x, targets=[0, 1, 2, 0], methods=["gradcam", "eigencam"], masks=masks,
-                      layer="c2", steps=4)
+                      layer="c2", steps=4, road_percentiles=(50,))
     assert [r["method"] for r in table.rows] == ["gradcam", "eigencam"]
-    assert set(table.rows[0]) == {"method", "pointing_game", "energy_pointing_game", "deletion_auc",
-                                  "insertion_auc", "average_drop", "increase_in_confidence", "time_ms_per_image"}
+    assert list(table.rows[0]) == ["method", "pointing_game", "energy_pointing_game", "deletion_auc",
+                                   "insertion_auc", "average_drop", "increase_in_confidence", "road_morf",
+                                   "road_lerf", "road", "complexity", "coherency", "arcc", "time_ms_per_image"]
     # the table's numbers are the metrics' numbers on the Explainer's maps
     maps = tfcam.Explainer(model, layer="c2")(x, targets=[0, 1, 2, 0])
     want = M.deletion_auc(model, x, maps, targets=[0, 1, 2, 0], steps=4).value
@@ -360,3 +361,149 @@ def test_public_names_resolve():
     assert tfcam.metrics is M
     for name in M.__all__:
         assert hasattr(M, name)
+
+
+# ---------------------------------------------------------------------------- ROAD, complexity, coherency, ARCC
+_W = {(-1, -1): 1 / 12, (-1, 0): 1 / 6, (-1, 1): 1 / 12, (0, -1): 1 / 6, (0, 1): 1 / 6, (1, -1): 1 / 12,
+      (1, 0): 1 / 6, (1, 1): 1 / 12}
+
+
+def _numpy_imputation(img, removed):
+    """Dense transcription of Rong et al.'s system: each removed pixel = weighted mean of its neighbours."""
+    h, w, c = img.shape
+    idx = {p: i for i, p in enumerate(zip(*np.nonzero(removed)))}
+    a = np.zeros((len(idx), len(idx)))
+    b = np.zeros((len(idx), c))
+    for (y, x), i in idx.items():
+        for (dy, dx), wt in _W.items():
+            yy, xx = y + dy, x + dx
+            if not (0 <= yy < h and 0 <= xx < w):
+                continue
+            a[i, i] += wt
+            if removed[yy, xx]:
+                a[i, idx[(yy, xx)]] -= wt
+            else:
+                b[i] += wt * img[yy, xx]
+    out = img.astype(np.float64).copy()
+    sol = np.linalg.solve(a, b)
+    for (y, x), i in idx.items():
+        out[y, x] = sol[i]
+    return out
+
+
+def test_noisy_linear_imputation_matches_dense_solve(rng):
+    x = rng.random((2, 7, 9, 2)).astype(np.float32)
+    removed = rng.random((2, 7, 9)) < 0.6
+    removed[1, :5, :6] = True  # a large hole too
+    got = M.noisy_linear_imputation(x, removed, noise=0.0).numpy()
+    for i in range(2):
+        np.testing.assert_allclose(got[i], _numpy_imputation(x[i], removed[i]), atol=1e-4)
+    noisy = M.noisy_linear_imputation(x, removed, noise=0.1, seed=(1, 2)).numpy()
+    np.testing.assert_array_equal(noisy[~removed], x[~removed])          # kept pixels untouched
+    diff = (noisy - got)[removed]
+    assert 0.07 < diff.std() < 0.13 and abs(diff.mean()) < 0.03
+
+
+def test_road_constant_image_scores_zero_change():
+    model, region = region_model(6, 6)
+    x = np.full((1, 6, 6, 1), 0.4, np.float32)
+    r = M.road(model, x, np.random.default_rng(1).random((1, 6, 6)), targets=0, noise=0.0)
+    np.testing.assert_allclose(r.details["morf"].curves, 0.0, atol=1e-5)
+    np.testing.assert_allclose(r.details["lerf"].curves, 0.0, atol=1e-5)
+    assert r.value == pytest.approx(0.0, abs=1e-5)
+
+
+def test_road_matches_numpy_transcription(rng):
+    model, region = region_model(6, 6)
+    x = rng.random((2, 6, 6, 1)).astype(np.float32)
+    maps = rng.random((2, 6, 6)).astype(np.float32)
+    pct = (20, 50, 80)
+    r = M.road(model, x, maps, targets=0, percentiles=pct, noise=0.0, batch_size=4)
+    kernel = model.get_layer("score").get_weights()[0]
+    y = x.reshape(2, -1) @ kernel
+    want = {"morf": np.zeros((2, 3)), "lerf": np.zeros((2, 3))}
+    for i in range(2):
+        order = np.argsort(-maps[i].ravel(), kind="stable")
+        for j, p in enumerate(pct):
+            k = int(round(p / 100 * 36))
+            for mode, chosen in (("morf", order[:k]), ("lerf", order[36 - k:])):
+                removed = np.zeros(36, bool)
+                removed[chosen] = True
+                imp = _numpy_imputation(x[i], removed.reshape(6, 6))
+                want[mode][i, j] = (imp.reshape(-1) @ kernel)[0] - y[i, 0]
+    np.testing.assert_allclose(r.details["morf"].curves, want["morf"], atol=1e-4)
+    np.testing.assert_allclose(r.details["lerf"].curves, want["lerf"], atol=1e-4)
+    np.testing.assert_allclose(r.values, (want["lerf"].mean(1) - want["morf"].mean(1)) / 2, atol=1e-4)
+
+
+def test_road_ranks_a_faithful_map_above_its_inverse(rng):
+    model, region = region_model(8, 8)
+    x = rng.random((3, 8, 8, 1)).astype(np.float32) * 0.2
+    x[:, region] += 0.8                            # bright region = the evidence
+    good = np.broadcast_to(region, (3, 8, 8)).astype(np.float32) + 0.01 * rng.random((3, 8, 8))
+    r_good = M.road(model, x, good, targets=0)
+    r_bad = M.road(model, x, 1.0 - good, targets=0)
+    assert r_good.value > 0.1 > r_bad.value
+    assert r_good.details["morf"].value < 0 and not r_good.details["morf"].higher_is_better
+
+
+def test_complexity_hand_computed():
+    maps = np.zeros((2, 4, 4), np.float32)
+    maps[0, :2, :2] = 1.0                          # 4 of 16 pixels
+    maps[1] = 3.0 * maps[0] + 1.0                  # same after min-max normalization
+    np.testing.assert_allclose(M.complexity(maps).values, [0.25, 0.25])
+    assert M.complexity(np.full((1, 4, 4), 0.7)).value == 0.0
+
+
+def test_coherency_hand_computed(rng):
+    x = rng.random((2, 4, 4, 3)).astype(np.float32)
+    maps = rng.random((2, 4, 4)).astype(np.float32)
+    seen = {}
+
+    def same(images, targets):
+        seen["images"] = images
+        return maps
+
+    assert M.coherency(same, x, maps).values == pytest.approx([1.0, 1.0])
+    np.testing.assert_allclose(seen["images"], x * maps[..., None])       # recomputed on x * map
+    assert M.coherency(lambda i, t: 1.0 - maps, x, maps).values == pytest.approx([0.0, 0.0], abs=1e-6)
+    other = rng.random((2, 4, 4)).astype(np.float32)
+    rho = [np.corrcoef(maps[i].ravel(), other[i].ravel())[0, 1] for i in range(2)]
+    np.testing.assert_allclose(M.coherency(lambda i, t: other, x, maps).values, (np.array(rho) + 1) / 2, rtol=1e-5)
+
+
+def test_coherency_with_explainer_explains_the_clean_top_class(rng):
+    model = small_cnn((12, 12, 3), classes=3)
+    x = rng.random((3, 12, 12, 3)).astype(np.float32)
+    ex = tfcam.Explainer(model, layer="c2")
+    maps = ex(x)
+    top = model.predict(x, verbose=0).argmax(-1)
+    want = M.coherency(lambda i, t: ex(i, targets=top), x, maps)
+    np.testing.assert_allclose(M.coherency(ex, x, maps).values, want.values, rtol=1e-5)
+
+
+def test_arcc_is_the_harmonic_mean_of_its_terms(rng):
+    model, region = region_model(8, 8)
+    x = rng.random((3, 8, 8, 1)).astype(np.float32)
+    x[:, region] += 1.0
+    maps = np.broadcast_to(region, (3, 8, 8)).astype(np.float32) + 0.3 * rng.random((3, 8, 8)).astype(np.float32)
+    res = M.arcc(model, lambda i, t: maps * 0.9 + 0.1 * rng.random((3, 8, 8)), x, maps, targets=0)
+    coh, cx, rd = (res.details[k].values for k in ("coherency", "complexity", "road"))
+    terms = [coh, 1 - cx, np.clip(2 * rd, 0, 1)]
+    want = 3 / sum(1 / (t + 1e-8) for t in terms)
+    np.testing.assert_allclose(res.values, want, rtol=1e-5)
+    assert 0 < res.value <= 1
+
+
+def test_compare_with_road_and_arcc(rng):
+    model = small_cnn((12, 12, 3), classes=3)
+    x = rng.random((2, 12, 12, 3)).astype(np.float32)
+    table = M.compare(model, x, methods=["gradcam"], layer="c2", road_percentiles=(30, 70),
+                      metrics=["road_morf", "road_lerf", "road", "complexity", "coherency", "arcc"])
+    row = table.rows[0]
+    maps = tfcam.Explainer(model, layer="c2")(x)
+    r = M.road(model, x, maps, percentiles=(30, 70))
+    assert row["road"] == pytest.approx(r.value, abs=1e-5)
+    assert row["road_morf"] == pytest.approx(r.details["morf"].value, abs=1e-5)
+    assert row["complexity"] == pytest.approx(M.complexity(maps).value, rel=1e-5)
+    assert "ARCC ↑" in table.to_markdown()

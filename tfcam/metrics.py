@@ -53,6 +53,11 @@ __all__ = [
     "increase_in_confidence",
     "pointing_game",
     "energy_pointing_game",
+    "road",
+    "complexity",
+    "coherency",
+    "arcc",
+    "noisy_linear_imputation",
     "sanity_check",
     "compare",
 ]
@@ -76,6 +81,7 @@ class MetricResult:
             (inserting) ``fractions`` of the pixels; otherwise None.
         fractions: ``(steps + 1,)`` fractions of pixels removed/inserted at each point.
         higher_is_better: the direction in which the metric improves.
+        details: extra results (ROAD: its MoRF and LeRF parts; ARCC: its three terms).
     """
 
     name: str
@@ -84,6 +90,7 @@ class MetricResult:
     curves: np.ndarray | None = None
     fractions: np.ndarray | None = None
     higher_is_better: bool = True
+    details: dict = field(default_factory=dict)
 
     def __float__(self) -> float:
         return float(self.value)
@@ -128,6 +135,12 @@ _COLUMNS: dict[str, tuple[str, bool]] = {
     "insertion_auc": ("insertion AUC ↑", True),
     "average_drop": ("average drop % ↓", False),
     "increase_in_confidence": ("increase in confidence % ↑", True),
+    "road_morf": ("ROAD MoRF ↓", False),
+    "road_lerf": ("ROAD LeRF ↑", True),
+    "road": ("ROAD combined ↑", True),
+    "complexity": ("complexity ↓", False),
+    "coherency": ("coherency ↑", True),
+    "arcc": ("ARCC ↑", True),
     "time_ms_per_image": ("ms / image", False),
 }
 
@@ -297,7 +310,9 @@ class Scorer:
     def resolve_target(self, targets: TargetSpec, images: np.ndarray) -> tuple[Target, tuple[np.ndarray, ...]]:
         """The Target and its per-example arrays; None becomes each clean image's top class."""
         n = len(images)
-        outputs = self.outputs(images)
+        top_class = targets is None or (isinstance(targets, ClassTarget) and targets.indices is None)
+        # the whole batch is run only when the top class is needed; otherwise one image gives the shape
+        outputs = self.outputs(images if top_class else images[:1])
         if outputs.ndim == 1:
             if targets is not None:
                 raise TargetError("The model returns one score per example; pass targets=None. "
@@ -330,42 +345,58 @@ class Scorer:
             out.append(fn(tf.convert_to_tensor(images[i:i + self.batch_size]), ab).numpy())
         return np.concatenate(out).astype(np.float32)
 
-    def perturbation_scores(self, images: np.ndarray, baselines: np.ndarray, ranks: np.ndarray,
-                            counts: np.ndarray, target: Target, arrays: tuple, insert: bool,
-                            verbose: int = 0) -> np.ndarray:
-        """Scores of every image after removing (inserting) its ``counts[s]`` top-ranked pixels.
+    def perturbation_scores(self, images: np.ndarray, baselines: np.ndarray | None, ranks: np.ndarray,
+                            counts: np.ndarray, target: Target, arrays: tuple, mode: str,
+                            verbose: int = 0, noise: float = 0.01, seed: int = 0) -> np.ndarray:
+        """Scores of every image after removing ``counts[s]`` of its pixels, for every ``s``.
 
         All ``N * len(counts)`` perturbed images are generated inside the compiled pass from
         index vectors (``image``, ``count``) and scored ``batch_size`` at a time.
 
         Args:
-            images: ``(N, *S, C)``; baselines: same shape (the values of removed pixels).
+            images: ``(N, *S, C)``; baselines: same shape (the values of removed pixels) or
+                None for the imputing modes.
             ranks: ``(N, P)`` int32 rank of each pixel (0 = most relevant), ``P = prod(S)``.
             counts: ``(T,)`` how many pixels are removed (inserted) at each point.
-            insert: False for deletion (top pixels -> baseline), True for insertion.
+            mode: ``"deletion"`` (the top-ranked pixels -> baseline), ``"insertion"`` (all
+                but the top-ranked pixels -> baseline), ``"morf"`` / ``"lerf"`` (the most /
+                least relevant pixels removed and filled by noisy linear imputation).
+            noise, seed: the imputation noise's standard deviation and seed (ROAD modes).
 
         Returns:
             ``(N, T)`` target scores.
         """
-        key = ("perturb", target.trace_key, tuple(images.shape[1:]), tuple((a.shape[1:], a.dtype) for a in arrays))
+        impute = mode in ("morf", "lerf")
+        if impute and len(images.shape) != 4:
+            raise InputError(f"ROAD imputation needs 2-D images (N, H, W, C). Received: images.shape={images.shape}")
+        if baselines is None:
+            baselines = images[:1]
+        key = ("perturb", mode, target.trace_key, tuple(images.shape[1:]),
+               tuple((a.shape[1:], a.dtype) for a in arrays))
         fn = self._fns.get(key)
         spatial = images.shape[1:-1]
+        n_pix = int(np.prod(spatial))
         if fn is None:
-            def perturbed(x_all, base_all, rank_all, arr_all, idx, k):
+            def perturbed(x_all, base_all, rank_all, arr_all, idx, k, noise_seed, noise_std):
                 x = tf.gather(x_all, idx)
-                b = tf.gather(base_all, idx)
                 r = tf.gather(rank_all, idx)
-                removed = r < k[:, None]                                      # (B, P)
-                if insert:
+                if mode == "lerf":
+                    removed = r >= n_pix - k[:, None]                         # (B, P)
+                else:
+                    removed = r < k[:, None]
+                if mode == "insertion":
                     removed = tf.logical_not(removed)
                 removed = tf.reshape(removed, [-1, *spatial, 1])
-                xp = tf.where(removed, b, x)
+                if impute:
+                    xp = noisy_linear_imputation(x, removed, noise_std, noise_seed)
+                else:
+                    xp = tf.where(removed, tf.gather(base_all, idx), x)
                 arr = tuple(tf.gather(a, idx) for a in arr_all)
                 return self._score_in_graph(target, xp, arr)
 
             sig = [self._spec(images), self._spec(baselines), self._spec(ranks),
                    tuple(self._spec(a) for a in arrays), tf.TensorSpec((None,), tf.int32),
-                   tf.TensorSpec((None,), tf.int32)]
+                   tf.TensorSpec((None,), tf.int32), tf.TensorSpec((2,), tf.int32), tf.TensorSpec((), tf.float32)]
             fn = self._compile(perturbed, sig)
             self._fns[key] = fn
         n, t = len(images), len(counts)
@@ -376,12 +407,88 @@ class Scorer:
         total = n * t
         bar = keras.utils.Progbar(total, verbose=1) if verbose and total > 4 * self.batch_size else None
         out = []
+        std = tf.constant(float(noise), tf.float32)
         for i in range(0, total, self.batch_size):
             out.append(fn(xs, bs, rs, arrs, tf.constant(img_idx[i:i + self.batch_size]),
-                          tf.constant(cnt[i:i + self.batch_size])).numpy())
+                          tf.constant(cnt[i:i + self.batch_size]), tf.constant([int(seed), i], tf.int32),
+                          std).numpy())
             if bar is not None:
                 bar.update(min(i + self.batch_size, total))
         return np.concatenate(out).reshape(n, t).astype(np.float32)
+
+
+# Rong et al. 2022's neighbour weights: 1/6 for the 4 direct neighbours, 1/12 for the diagonals.
+_NEIGHBOURS = np.array([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]], np.float32)
+
+
+def noisy_linear_imputation(images: tf.Tensor, removed: tf.Tensor, noise: float | tf.Tensor = 0.01,
+                            seed: Any = (0, 0), max_iter: int = 500, tol: float = 1e-6) -> tf.Tensor:
+    """Noisy linear imputation of removed pixels (Rong et al. 2022, ROAD, arXiv:2202.00449, Sec. 4).
+
+    Each removed pixel becomes the weighted mean of its 8 neighbours inside the image
+    (weight 1/6 direct, 1/12 diagonal), jointly for all removed pixels: the sparse linear
+    system ``W_i v_i - sum_{j removed} w_ij v_j = sum_{j kept} w_ij x_j`` (``W_i`` the sum of
+    pixel ``i``'s neighbour weights). It is symmetric positive definite, so it is solved,
+    per image and channel, batched, by Jacobi-preconditioned conjugate gradients in
+    TensorFlow (the reference code uses a sparse direct solve on the host); then Gaussian
+    noise of standard deviation ``noise`` is added to the imputed values.
+
+    Args:
+        images: ``(N, H, W, C)`` float32.
+        removed: ``(N, H, W, 1)`` or ``(N, H, W)`` bool, True where a pixel is removed.
+        noise: standard deviation of the added noise (absolute; 0 for none).
+        seed: a stateless seed (two ints) for the noise.
+        max_iter, tol: conjugate-gradient iteration cap and relative residual tolerance.
+
+    Returns:
+        The images with removed pixels imputed, float32.
+    """
+    x = tf.convert_to_tensor(images, tf.float32)
+    removed = tf.convert_to_tensor(removed)
+    if removed.shape.rank == 3:
+        removed = removed[..., None]
+    m = tf.cast(removed, tf.float32)
+    c = x.shape[-1]
+    kernel = tf.constant(np.tile(_NEIGHBOURS[:, :, None, None], (1, 1, c, 1)))
+
+    def conv(v):
+        return tf.nn.depthwise_conv2d(v, kernel, [1, 1, 1, 1], "SAME")  # zero padding: no outside neighbours
+
+    mc = m * tf.ones_like(x)
+    diag = conv(tf.ones_like(x))                       # W_i
+    b = mc * conv((1.0 - mc) * x)
+
+    def apply(v):
+        return mc * (diag * v - conv(mc * v))
+
+    def dot(a, bb):
+        return tf.reduce_sum(a * bb, axis=[1, 2], keepdims=True)
+
+    v = tf.zeros_like(x)
+    r = b
+    z = r / diag
+    p = z
+    rz = dot(r, z)
+    bnorm = tf.sqrt(dot(b, b))
+
+    def cond(i, v, r, p, rz):
+        res = tf.sqrt(dot(r, r))
+        return tf.logical_and(i < max_iter, tf.reduce_any(res > tol * bnorm + 1e-12))
+
+    def body(i, v, r, p, rz):
+        ap = apply(p)
+        alpha = tf.math.divide_no_nan(rz, dot(p, ap))
+        v = v + alpha * p
+        r = r - alpha * ap
+        z = r / diag
+        rz_new = dot(r, z)
+        p = z + tf.math.divide_no_nan(rz_new, rz) * p
+        return i + 1, v, r, p, rz_new
+
+    _, v, _, _, _ = tf.while_loop(cond, body, [tf.constant(0), v, r, p, rz])
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int32)
+    v = v + tf.cast(noise, tf.float32) * tf.random.stateless_normal(tf.shape(x), seed)
+    return tf.where(removed, v, x)
 
 
 class _IdentityTarget(Target):
@@ -511,7 +618,8 @@ def _curve_metric(name, insert, model, images, maps, targets, steps, baseline, a
     n_pix = int(np.prod(x.shape[1:-1]))
     steps = min(int(steps), n_pix)
     counts = np.round(np.linspace(0, n_pix, steps + 1)).astype(np.int32)
-    curves = scorer.perturbation_scores(x, base, _ranks(m), counts, target, arrays, insert, verbose)
+    curves = scorer.perturbation_scores(x, base, _ranks(m), counts, target, arrays,
+                                        "insertion" if insert else "deletion", verbose)
     fractions = counts / n_pix
     # trapezoid rule over the fraction of pixels (np.trapz/np.trapezoid differ across NumPy versions)
     aucs = (0.5 * (curves[:, 1:] + curves[:, :-1]) * np.diff(fractions)[None, :]).sum(1).astype(np.float32)
@@ -740,6 +848,215 @@ def energy_pointing_game(maps: Any, masks: Any) -> MetricResult:
     return MetricResult("energy_pointing_game", e, float(e.mean()))
 
 
+_ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+
+
+def road(
+    model: Any,
+    images: Any,
+    maps: Any,
+    targets: TargetSpec = None,
+    *,
+    percentiles: Sequence[float] = _ROAD_PERCENTILES,
+    noise: float = 0.01,
+    seed: int = 0,
+    activation: str | None = None,
+    batch_size: int | None = None,
+    verbose: int = 0,
+) -> MetricResult:
+    """ROAD: RemOve And Debias (Rong et al. 2022, arXiv:2202.00449).
+
+    For each percentile ``p``, the ``p``% most relevant pixels (MoRF) or the ``p``% least
+    relevant (LeRF) are removed and filled by noisy linear imputation from their
+    neighbours (``noisy_linear_imputation``: the fill leaks no shape of the removed region),
+    and the change of the target score ``score(imputed) - score(image)`` is recorded. MoRF
+    and LeRF are the means of that change over the percentiles (10..90 by default); the
+    combined score, per example, is ``(LeRF - MoRF) / 2`` (as pytorch-grad-cam's
+    ``ROADCombined``). **Higher combined is better** (removing the important pixels hurts,
+    removing the unimportant ones does not). Every removal of every image runs in the
+    batched compiled pass, imputation included.
+
+    Args:
+        model, images, maps, targets, activation, batch_size, verbose: as ``deletion_auc``.
+        percentiles: percentages of pixels removed.
+        noise: standard deviation of the imputation noise (the paper's 0.01 for [0, 1] data;
+            scale it with your input range).
+        seed: seeds the noise (the realization also depends on ``batch_size``).
+
+    Returns:
+        ``MetricResult`` named ``"road"`` (combined, per example) with
+        ``details["morf"]`` and ``details["lerf"]`` (``MetricResult`` each, whose ``curves``
+        hold the change at every percentile) and ``fractions`` (the percentiles / 100).
+
+    Raises:
+        InputError: bad percentiles, images that are not 2-D, bad maps.
+
+    Example:
+
+    >>> r = tfcam.metrics.road(model, images, heatmaps, targets=labels)
+    >>> r.value, r.details["morf"].value, r.details["lerf"].value
+    """
+    scorer = _as_scorer(model, activation, batch_size)
+    x = scorer.prepare_images(images)
+    pct = np.asarray(percentiles, np.float64).ravel()
+    if pct.size == 0 or np.any(pct <= 0) or np.any(pct >= 100):
+        raise InputError(f"Expected percentiles strictly between 0 and 100. Received: percentiles={percentiles!r}")
+    m = _prepare_maps(maps, x.shape[1:-1])
+    _check_n(len(x), m, "maps")
+    target, arrays = scorer.resolve_target(targets, x)
+    y = scorer.scores(x, target, arrays)
+    n_pix = int(np.prod(x.shape[1:-1]))
+    counts = np.round(pct / 100.0 * n_pix).astype(np.int32)
+    ranks = _ranks(m)
+    parts = {}
+    for mode in ("morf", "lerf"):
+        sc = scorer.perturbation_scores(x, None, ranks, counts, target, arrays, mode, verbose, noise, seed)
+        change = sc - y[:, None]
+        vals = change.mean(1).astype(np.float32)
+        parts[mode] = MetricResult(f"road_{mode}", vals, float(vals.mean()), change.astype(np.float32),
+                                   (pct / 100).astype(np.float32), higher_is_better=(mode == "lerf"))
+    combined = ((parts["lerf"].values - parts["morf"].values) / 2).astype(np.float32)
+    return MetricResult("road", combined, float(combined.mean()), fractions=(pct / 100).astype(np.float32),
+                        details=parts)
+
+
+def _normalize01(m: np.ndarray) -> np.ndarray:
+    flat = m.reshape(len(m), -1)
+    lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
+    return np.divide(flat - lo, hi - lo, out=np.zeros_like(flat), where=hi > lo).reshape(m.shape)
+
+
+def complexity(maps: Any) -> MetricResult:
+    """Complexity (Poppi et al. 2021, "Revisiting the evaluation of class activation mapping
+    for explainability", arXiv:2104.10252, Sec. 3).
+
+    The L1 norm of the min-max normalized map divided by the number of pixels, i.e. the
+    mean of the map in [0, 1]: the share of the image an explanation highlights. **Lower
+    is better** (simpler explanations), all else equal.
+
+    Args:
+        maps: ``(N, *S)`` maps (normalized to [0, 1] per example first; tfcam's already are).
+
+    Returns:
+        ``MetricResult`` (``values`` in [0, 1]).
+    """
+    m = maps.numpy() if isinstance(maps, tf.Tensor) else np.asarray(maps)
+    if m.ndim < 2 or m.dtype.kind not in "biuf":
+        raise InputError(f"Expected numeric maps shaped (N, *spatial). Received: maps.shape={m.shape}")
+    vals = np.abs(_normalize01(m.astype(np.float32))).reshape(len(m), -1).mean(1).astype(np.float32)
+    return MetricResult("complexity", vals, float(vals.mean()), higher_is_better=False)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    den = np.sqrt((a ** 2).sum(1) * (b ** 2).sum(1))
+    return np.divide((a * b).sum(1), den, out=np.zeros(len(a)), where=den > 0)
+
+
+def _explain_fn(explainer: Any) -> Any:
+    from tfcam.engine import Explainer
+
+    if isinstance(explainer, Explainer):
+        return lambda x, t: explainer.explain(x, t, verbose=0)[explainer.method]
+    if callable(explainer):
+        return lambda x, t: np.asarray(explainer(x, t), np.float32)
+    raise InputTypeError("Expected a tfcam.Explainer or a callable (images, targets) -> maps. "
+                         f"Received: explainer of type {type(explainer).__name__}")
+
+
+def _fixed_targets(explainer: Any, x: np.ndarray, targets: TargetSpec) -> TargetSpec:
+    """None -> the top class on the clean images (so masked copies explain the same class)."""
+    from tfcam.engine import Explainer
+
+    if targets is None and isinstance(explainer, Explainer):
+        preds = explainer.explain(x, None, verbose=0).predictions
+        if preds.ndim == 2:
+            return preds.argmax(-1).astype(np.int32)
+    return targets
+
+
+def coherency(explainer: Any, images: Any, maps: Any, targets: TargetSpec = None) -> MetricResult:
+    """Coherency (Poppi et al. 2021, arXiv:2104.10252, Sec. 3).
+
+    The map is recomputed on the image multiplied by its own map, ``x * map``, and
+    compared with the original map by Pearson correlation, scaled to [0, 1] as
+    ``(rho + 1) / 2``: a map that keeps pointing at the same evidence once the rest is
+    dimmed is coherent. **Higher is better.**
+
+    Args:
+        explainer: a ``tfcam.Explainer`` (its method is used) or a callable
+            ``(images, targets) -> maps``.
+        images: ``(N, *input_shape)``; maps: ``(N, *S)`` in [0, 1], at the input's size.
+        targets: as for the Explainer; None is resolved to the top class on the clean images.
+
+    Returns:
+        ``MetricResult`` (``values`` in [0, 1]; a constant map scores 0.5).
+
+    Example:
+
+    >>> ex = tfcam.Explainer(model, layer="last_conv", method="gradcam")
+    >>> tfcam.metrics.coherency(ex, images, ex(images)).value
+    """
+    run = _explain_fn(explainer)
+    x = np.asarray(images.numpy() if isinstance(images, tf.Tensor) else images, np.float32)
+    m = _prepare_maps(maps, x.shape[1:-1])
+    _check_n(len(x), m, "maps")
+    t = _fixed_targets(explainer, x, targets)
+    again = _prepare_maps(run(x * m[..., None], t), x.shape[1:-1])
+    vals = ((_pearson(m, again) + 1.0) / 2.0).astype(np.float32)
+    return MetricResult("coherency", vals, float(vals.mean()))
+
+
+def _arcc_values(coh: np.ndarray, cx: np.ndarray, road_combined: np.ndarray) -> np.ndarray:
+    terms = np.stack([coh, 1.0 - cx, np.clip(2.0 * road_combined, 0.0, 1.0)])
+    eps = 1e-8
+    return (3.0 / (1.0 / (terms + eps)).sum(0)).astype(np.float32)
+
+
+def arcc(
+    model: Any,
+    explainer: Any,
+    images: Any,
+    maps: Any,
+    targets: TargetSpec = None,
+    *,
+    percentiles: Sequence[float] = _ROAD_PERCENTILES,
+    noise: float = 0.01,
+    seed: int = 0,
+    activation: str | None = None,
+    batch_size: int | None = None,
+) -> MetricResult:
+    """ARCC: the harmonic mean of coherency, 1 - complexity and clip(2 * ROAD, 0, 1).
+
+    Domeniconi et al. 2026 (RefineCAM, arXiv:2605.14641). Per example,
+    ``3 / (1/coherency + 1/(1 - complexity) + 1/clip(2 * road_combined, 0, 1))`` (with
+    1e-8 added to each term). We follow the **harmonic** mean that the reference code
+    computes (its docstring says geometric). **Higher is better**; any term near 0 pulls
+    it to 0.
+
+    Args:
+        model: the model (or a ``Scorer``) for ROAD; explainer: as for ``coherency``.
+        images, maps, targets: as ``road``; percentiles, noise, seed, activation,
+            batch_size: passed to ``road``.
+
+    Returns:
+        ``MetricResult`` with ``details`` holding the ``coherency``, ``complexity`` and
+        ``road`` results.
+    """
+    x = np.asarray(images.numpy() if isinstance(images, tf.Tensor) else images, np.float32)
+    t = _fixed_targets(explainer, x, targets)
+    coh = coherency(explainer, x, maps, t)
+    cx = complexity(_prepare_maps(maps, x.shape[1:-1]))
+    rd = road(model, x, maps, t, percentiles=percentiles, noise=noise, seed=seed, activation=activation,
+              batch_size=batch_size)
+    vals = _arcc_values(coh.values, cx.values, rd.values)
+    return MetricResult("arcc", vals, float(vals.mean()),
+                        details={"coherency": coh, "complexity": cx, "road": rd})
+
+
 # ---------------------------------------------------------------------------- sanity check
 def _average_ranks(a: np.ndarray) -> np.ndarray:
     """Row-wise ranks (1-based) with ties given their average rank, vectorized."""
@@ -907,7 +1224,7 @@ def sanity_check(
 
 # ---------------------------------------------------------------------------- compare
 _DEFAULT_METRICS = ("pointing_game", "energy_pointing_game", "deletion_auc", "insertion_auc", "average_drop",
-                    "increase_in_confidence")
+                    "increase_in_confidence", "road_morf", "road_lerf", "road", "complexity", "coherency", "arcc")
 _MASK_METRICS = ("pointing_game", "energy_pointing_game")
 
 
@@ -921,6 +1238,7 @@ def compare(
     layer: Any = None,
     metrics: Sequence[str] | None = None,
     steps: int = 25,
+    road_percentiles: Sequence[float] = _ROAD_PERCENTILES,
     activation: str | None = None,
     batch_size: int = 32,
     metric_batch_size: int = 128,
@@ -944,9 +1262,11 @@ def compare(
         masks: optional ``(N, *S)`` ground-truth regions.
         layer: target layer(s) for the Explainer (None: its default).
         metrics: subset of ``("pointing_game", "energy_pointing_game", "deletion_auc",
-            "insertion_auc", "average_drop", "increase_in_confidence")`` (default: all
-            that apply).
+            "insertion_auc", "average_drop", "increase_in_confidence", "road_morf",
+            "road_lerf", "road", "complexity", "coherency", "arcc")`` (default: all that
+            apply; ROAD is computed once for its three columns and ARCC).
         steps: deletion/insertion increments.
+        road_percentiles: the percentages of pixels ROAD removes.
         activation: see ``Scorer``.
         batch_size: images per Explainer step.
         metric_batch_size: perturbed images per metric pass.
@@ -997,6 +1317,13 @@ def compare(
         maps = explainer.explain(x, target, methods=[name], verbose=0)[name]
         ms = 1000.0 * (time.perf_counter() - t0) / len(x)
         res: dict[str, MetricResult] = {}
+        road_res = None
+        if any(mt in wanted for mt in ("road_morf", "road_lerf", "road", "arcc")):
+            road_res = road(scorer, x, maps, target, percentiles=road_percentiles)
+        coh = None
+        if "coherency" in wanted or "arcc" in wanted:
+            coh = coherency(lambda xi, ti, nm=name: explainer.explain(xi, ti, methods=[nm], verbose=0)[nm],
+                            x, maps, target)
         for metric in wanted:
             if metric == "pointing_game":
                 res[metric] = pointing_game(maps, masks)
@@ -1010,6 +1337,17 @@ def compare(
                 res[metric] = average_drop(scorer, x, maps, target)
             elif metric == "increase_in_confidence":
                 res[metric] = increase_in_confidence(scorer, x, maps, target)
+            elif metric in ("road_morf", "road_lerf"):
+                res[metric] = road_res.details[metric[5:]]
+            elif metric == "road":
+                res[metric] = road_res
+            elif metric == "complexity":
+                res[metric] = complexity(maps)
+            elif metric == "coherency":
+                res[metric] = coh
+            elif metric == "arcc":
+                vals = _arcc_values(coh.values, complexity(maps).values, road_res.values)
+                res[metric] = MetricResult("arcc", vals, float(vals.mean()))
         results[name] = res
         rows.append({"method": name, **{k: v.value for k, v in res.items()}, "time_ms_per_image": ms})
     return ComparisonTable(rows, results, len(x))
