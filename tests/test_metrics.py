@@ -68,20 +68,21 @@ def test_mean_and_constant_baselines():
 
 
 def _numpy_deletion(model, x, maps, cls, steps, base, insert=False):
-    """Independent transcription: one model call per step per image, pixel order by np.argsort."""
+    """Independent transcription: each perturbed image built in NumPy, pixel order by np.argsort."""
     n, h, w, _ = x.shape
     p = h * w
     counts = np.round(np.linspace(0, p, steps + 1)).astype(int)
     curves = np.zeros((n, steps + 1))
     for i in range(n):
         order = np.argsort(-maps[i].ravel(), kind="stable")
-        for s, k in enumerate(counts):
+        imgs = []
+        for k in counts:
             keep = np.zeros(p, bool)
             keep[order[:k]] = True
             if not insert:
                 keep = ~keep
-            img = np.where(keep.reshape(h, w, 1), x[i], base[i])
-            curves[i, s] = model.predict(img[None], verbose=0)[0, cls[i]]
+            imgs.append(np.where(keep.reshape(h, w, 1), x[i], base[i]))
+        curves[i] = model(np.stack(imgs), training=False).numpy()[:, cls[i]]
     frac = counts / p
     auc = np.array([np.sum((c[1:] + c[:-1]) / 2 * np.diff(frac)) for c in curves])
     return curves, auc
@@ -507,3 +508,22 @@ def test_compare_with_road_and_arcc(rng):
     assert row["road_morf"] == pytest.approx(r.details["morf"].value, abs=1e-5)
     assert row["complexity"] == pytest.approx(M.complexity(maps).value, rel=1e-5)
     assert "ARCC ↑" in table.to_markdown()
+
+
+def test_sanity_check_nested_model_copy(rng):
+    keras.utils.set_random_seed(0)
+    i = keras.Input((12, 12, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="c1")(i)
+    h = keras.layers.Conv2D(5, 3, activation="relu", name="c2")(h)
+    inner = keras.Model(i, h, name="inner")
+    o_in = keras.Input((12, 12, 3))
+    g = keras.layers.GlobalAveragePooling2D()(inner(o_in))
+    model = keras.Model(o_in, keras.layers.Dense(3, activation="softmax", name="head")(g))
+    before = [w.copy() for w in model.get_weights()]
+    x = rng.random((3, 12, 12, 3)).astype(np.float32)
+    res = M.sanity_check(model, tfcam.Explainer(model, layer="inner/c2"), x, max_steps=2)
+    assert res.layers == ["head", "c2"]
+    assert res.spearman.shape == (2, 3) and res.maps.shape == (3, 3, 12, 12)
+    assert not np.allclose(res.maps[2], res.maps[0])
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
