@@ -70,12 +70,13 @@ def run(quick: bool = False, model_kind: str = "auto", seed: int = 0) -> dict:
     for kind in kinds:
         model, acc, secs = train(kind, x, y, xt, yt, epochs, seed)
         log.append(f"{model.name}: test accuracy {acc:.3f} after {epochs} epochs ({secs:.0f} s)")
+        print(log[-1], flush=True)
         if acc >= ACCURACY_FLOOR:
             break
     pred = model.predict(xt, verbose=0).argmax(-1)
     ok = pred == yt
     table = tfcam.metrics.compare(model, xt[ok], yt[ok], methods=list(tfcam.METHODS), masks=mt[ok],
-                                  layer="last_conv", steps=steps)
+                                  layer="last_conv", steps=steps, verbose=1)
     return {"log": log, "model": model.name, "accuracy": acc, "n_correct": int(ok.sum()), "n_test": n_test,
             "table": table}
 
@@ -85,9 +86,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller data, fewer epochs (a smoke run)")
     parser.add_argument("--model", default="auto", choices=["auto", "demo", "bn"])
     args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     out = run(args.quick, args.model)
-    for line in out["log"]:
-        print(line)
     print(f"\n## Method quality: {out['model']} on {out['n_correct']} correctly classified held-out shapes "
           f"images (of {out['n_test']}; accuracy {out['accuracy']:.3f}), layer last_conv\n")
     print(out["table"].to_markdown())
