@@ -58,11 +58,12 @@ def train(kind: str, x, y, xt, yt, epochs: int, seed: int = 0):
     return model, acc, time.perf_counter() - t0
 
 
-def run(quick: bool = False, model_kind: str = "auto", seed: int = 0) -> dict:
+def run(quick: bool = False, model_kind: str = "auto", seed: int = 0, n_test: int | None = None) -> dict:
     import tfcam
     from tfcam.datasets import shapes
 
-    n_train, n_test, epochs, steps = (1500, 96, 3, 10) if quick else (3000, 300, 6, 25)
+    n_train, default_test, epochs, steps = (1500, 96, 3, 10) if quick else (3000, 300, 6, 25)
+    n_test = n_test or default_test
     x, y, _ = shapes(n_train, 64, seed=seed)
     xt, yt, mt = shapes(n_test, 64, seed=seed + 1)
     log = []
@@ -84,13 +85,15 @@ def run(quick: bool = False, model_kind: str = "auto", seed: int = 0) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller data, fewer epochs (a smoke run)")
-    parser.add_argument("--model", default="auto", choices=["auto", "demo", "bn"])
+    parser.add_argument("--model", default="auto", choices=["auto", "demo", "bn"],
+                        help="auto: the demo CNN, or the BN CNN when the demo CNN misses the accuracy floor")
+    parser.add_argument("--n-test", type=int, default=None, help="held-out images (default 300)")
     args = parser.parse_args()
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    out = run(args.quick, args.model)
+    out = run(args.quick, args.model, n_test=args.n_test)
     print(f"\n## Method quality: {out['model']} on {out['n_correct']} correctly classified held-out shapes "
           f"images (of {out['n_test']}; accuracy {out['accuracy']:.3f}), layer last_conv\n")
     print(out["table"].to_markdown())

@@ -422,7 +422,7 @@ _NEIGHBOURS = np.array([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1
 
 
 def noisy_linear_imputation(images: tf.Tensor, removed: tf.Tensor, noise: float | tf.Tensor = 0.01,
-                            seed: Any = (0, 0), max_iter: int = 500, tol: float = 1e-6) -> tf.Tensor:
+                            seed: Any = (0, 0), max_iter: int = 300, tol: float = 1e-4) -> tf.Tensor:
     """Noisy linear imputation of removed pixels (Rong et al. 2022, ROAD, arXiv:2202.00449, Sec. 4).
 
     Each removed pixel becomes the weighted mean of its 8 neighbours inside the image
@@ -438,7 +438,9 @@ def noisy_linear_imputation(images: tf.Tensor, removed: tf.Tensor, noise: float 
         removed: ``(N, H, W, 1)`` or ``(N, H, W)`` bool, True where a pixel is removed.
         noise: standard deviation of the added noise (absolute; 0 for none).
         seed: a stateless seed (two ints) for the noise.
-        max_iter, tol: conjugate-gradient iteration cap and relative residual tolerance.
+        max_iter, tol: conjugate-gradient iteration cap and relative residual tolerance (the
+            default leaves an error near 3e-4 on a 90 % hole of a 64 x 64 image, far below the
+            0.01 noise; float32 cannot go much below 1e-6).
 
     Returns:
         The images with removed pixels imputed, float32.
