@@ -56,7 +56,7 @@ import keras as _keras  # noqa: E402
 if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with another backend
     raise _backend_error(_keras.backend.backend())
 
-from tfcam import callbacks, dataset, datasets, io, matrix, outputs, targets, viz  # noqa: E402
+from tfcam import callbacks, dataset, datasets, io, matrix, metrics, outputs, targets, viz  # noqa: E402
 from tfcam.dataset import ExplanationShards, MemoryWriter, ShardWriter, Writer, explain_dataset  # noqa: E402
 from tfcam.dff import DeepFeatureFactorization, deep_feature_factorization  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
@@ -101,6 +101,7 @@ __all__ = [
     "callbacks",
     "datasets",
     "io",
+    "metrics",
     "viz",
     "probability_map",
     "anomaly_map",
