@@ -56,8 +56,9 @@ import keras as _keras  # noqa: E402
 if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with another backend
     raise _backend_error(_keras.backend.backend())
 
-from tfcam import callbacks, dataset, datasets, io, matrix, outputs, targets, viz  # noqa: E402
+from tfcam import callbacks, dataset, datasets, io, matrix, metrics, outputs, targets, viz  # noqa: E402
 from tfcam.dataset import ExplanationShards, MemoryWriter, ShardWriter, Writer, explain_dataset  # noqa: E402
+from tfcam.dff import DeepFeatureFactorization, deep_feature_factorization  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
 from tfcam.introspection import FeatureMaps, Filters, feature_maps, filters, maximize_activation  # noqa: E402
 from tfcam.layers import spatial_layers, tokens_to_grid  # noqa: E402
@@ -92,12 +93,15 @@ __all__ = [
     "filters",
     "Filters",
     "maximize_activation",
+    "deep_feature_factorization",
+    "DeepFeatureFactorization",
     "spatial_layers",
     "tokens_to_grid",
     "targets",
     "callbacks",
     "datasets",
     "io",
+    "metrics",
     "viz",
     "probability_map",
     "anomaly_map",
