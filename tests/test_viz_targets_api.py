@@ -80,3 +80,15 @@ def test_datasets_shapes_seeded():
     np.testing.assert_array_equal(x, x2)
     assert x.shape == (6, 32, 32, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     assert set(np.unique(y)) <= {0, 1, 2, 3} and m.dtype == bool and m.any(axis=(1, 2)).all()
+
+
+def test_methods_lists_later_registrations():
+    from tfcam.methods import registry
+
+    registry.register(registry.Method("tmp_cam_for_test", lambda a, g, y: tf.reduce_mean(g, [1, 2])))
+    try:
+        assert "tmp_cam_for_test" in tfcam.METHODS
+    finally:
+        registry.REGISTRY.pop("tmp_cam_for_test")
+        registry._ALIASES.pop("tmpcamfortest")
+    assert "tmp_cam_for_test" not in tfcam.METHODS

@@ -56,7 +56,7 @@ import keras as _keras  # noqa: E402
 if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with another backend
     raise _backend_error(_keras.backend.backend())
 
-from tfcam import callbacks, dataset, datasets, io, matrix, metrics, outputs, targets, viz  # noqa: E402
+from tfcam import callbacks, dataset, datasets, demo, io, matrix, metrics, outputs, targets, viz  # noqa: E402
 from tfcam.dataset import ExplanationShards, MemoryWriter, ShardWriter, Writer, explain_dataset  # noqa: E402
 from tfcam.dff import DeepFeatureFactorization, deep_feature_factorization  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
@@ -68,8 +68,12 @@ from tfcam.methods.attribution import Attributions, attribute  # noqa: E402
 from tfcam.outputs import AnomalyMaps, anomaly_map, probability_map  # noqa: E402
 from tfcam.viz import COLORMAPS, colorize, overlay, plot  # noqa: E402
 
-#: Names of every method an Explainer accepts (aliases are accepted too).
-METHODS: tuple[str, ...] = tuple(_REGISTRY)
+
+def __getattr__(name: str):
+    # METHODS is computed on access, so methods registered later (tfcam.methods.register) appear in it
+    if name == "METHODS":
+        return tuple(_REGISTRY)
+    raise AttributeError(f"module 'tfcam' has no attribute {name!r}")
 
 __all__ = [
     "__version__",
@@ -100,6 +104,7 @@ __all__ = [
     "targets",
     "callbacks",
     "datasets",
+    "demo",
     "io",
     "metrics",
     "viz",
