@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcam import maps as maps_ops
-from tfcam.errors import InputError, InputTypeError, LayerError, MethodError, TargetError
+from tfcam.errors import InputError, LayerError, MethodError, TargetError
 from tfcam.layers import (
     LayerRef,
     LayerSpec,
@@ -33,6 +33,7 @@ from tfcam.layers import (
 from tfcam.methods import REGISTRY, Method, get_method
 from tfcam.methods.gradient import principal_projection
 from tfcam.targets import Target, TargetSpec, as_target
+from tfcam.validation import as_image_array
 
 __all__ = ["Explainer", "Explanation", "RunContext"]
 
@@ -421,46 +422,7 @@ class Explainer:
         return xs
 
     def _prepare_one(self, images: Any, spec: Any, what: str) -> np.ndarray:
-        if isinstance(images, tf.Tensor):
-            images = images.numpy()
-        if isinstance(images, (list, tuple)):
-            try:
-                images = np.stack([np.asarray(i) for i in images])
-            except ValueError as err:
-                raise InputError(
-                    f"Images in a list must all have the same shape. Received: {err}"
-                ) from err
-        if not isinstance(images, np.ndarray):
-            raise InputTypeError(
-                "Expected images as a NumPy array or tf.Tensor shaped "
-                f"{tuple(spec.shape)}. Received: {what} of type {type(images).__name__}"
-            )
-        if images.dtype.kind not in "biuf":
-            raise InputTypeError(
-                f"Expected numeric images (uint8 or float). Received: {what}.dtype={images.dtype}"
-            )
-        expected = tuple(spec.shape)
-        if images.ndim != len(expected):
-            hint = " For a single image, pass images[None]." if images.ndim == len(expected) - 1 else ""
-            raise InputError(
-                f"Expected images of rank {len(expected)} shaped {expected}.{hint} "
-                f"Received: {what}.shape={images.shape}"
-            )
-        for got, want in zip(images.shape[1:], expected[1:]):
-            if want is not None and got != want:
-                raise InputError(
-                    f"Expected images shaped {expected} (the model's input). "
-                    f"Received: {what}.shape={images.shape}"
-                )
-        if images.shape[0] == 0:
-            raise InputError(f"Expected at least one image. Received: {what}.shape={images.shape}")
-        if images.dtype.kind == "f" and not np.all(np.isfinite(images)):
-            bad = int(np.sum(~np.isfinite(images)))
-            raise InputError(
-                f"Images contain NaN or infinite values ({bad} of them); clean or clip them "
-                f"first. Received: {what} with {bad} non-finite values"
-            )
-        return images.astype(spec.dtype if spec.dtype else "float32", copy=False)
+        return as_image_array(images, tuple(spec.shape), spec.dtype, what)
 
     def _batches(self, x: Any, n: int):
         for start in range(0, n, self.batch_size):

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from tfcam import maps as maps_ops
 from tfcam.errors import InputError, InputTypeError, ModelError, TargetError
+from tfcam.validation import as_image_array
 
 __all__ = ["probability_map", "anomaly_map", "AnomalyMaps", "gaussian_smooth", "ERRORS", "REDUCTIONS"]
 
@@ -61,40 +62,8 @@ def _input_spec(model: keras.Model) -> tuple[tuple | None, str]:
 
 def _prepare_images(model: keras.Model, images: Any) -> np.ndarray:
     """Numeric, finite ``(N, *input_shape)`` NumPy images in the model's input dtype."""
-    if isinstance(images, tf.Tensor):
-        images = images.numpy()
-    if isinstance(images, (list, tuple)):
-        try:
-            images = np.stack([np.asarray(i) for i in images])
-        except ValueError as err:
-            raise InputError(f"Images in a list must all have the same shape. Received: {err}") from err
-    if not isinstance(images, np.ndarray):
-        raise InputTypeError(
-            f"Expected images as a NumPy array or tf.Tensor. Received: images of type {type(images).__name__}"
-        )
-    if images.dtype.kind not in "biuf":
-        raise InputTypeError(f"Expected numeric images (uint8 or float). Received: images.dtype={images.dtype}")
     expected, dtype = _input_spec(model)
-    if expected is not None:
-        if images.ndim != len(expected):
-            hint = " For a single image, pass images[None]." if images.ndim == len(expected) - 1 else ""
-            raise InputError(
-                f"Expected images of rank {len(expected)} shaped {expected}.{hint} "
-                f"Received: images.shape={images.shape}"
-            )
-        for got, want in zip(images.shape[1:], expected[1:]):
-            if want is not None and got != want:
-                raise InputError(
-                    f"Expected images shaped {expected} (the model's input). Received: images.shape={images.shape}"
-                )
-    elif images.ndim < 3:
-        raise InputError(f"Expected images shaped (N, *spatial, channels). Received: images.shape={images.shape}")
-    if images.shape[0] == 0:
-        raise InputError(f"Expected at least one image. Received: images.shape={images.shape}")
-    if images.dtype.kind == "f" and not np.all(np.isfinite(images)):
-        bad = int(np.sum(~np.isfinite(images)))
-        raise InputError(f"Images contain NaN or infinite values. Received: images with {bad} non-finite values")
-    return images.astype(dtype, copy=False)
+    return as_image_array(images, expected, dtype)
 
 
 def _output_info(model: keras.Model, x_shape: tuple) -> list[tuple[str, tuple]]:
