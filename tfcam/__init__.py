@@ -56,7 +56,7 @@ import keras as _keras  # noqa: E402
 if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with another backend
     raise _backend_error(_keras.backend.backend())
 
-from tfcam import callbacks, dataset, datasets, demo, io, matrix, metrics, outputs, targets, viz  # noqa: E402
+from tfcam import callbacks, dataset, datasets, demo, io, matrix, methods, metrics, outputs, targets, viz  # noqa: E402
 from tfcam.dataset import ExplanationShards, MemoryWriter, ShardWriter, Writer, explain_dataset  # noqa: E402
 from tfcam.dff import DeepFeatureFactorization, deep_feature_factorization  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
@@ -74,6 +74,7 @@ def __getattr__(name: str):
     if name == "METHODS":
         return tuple(_REGISTRY)
     raise AttributeError(f"module 'tfcam' has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",
@@ -113,7 +114,7 @@ __all__ = [
     "AnomalyMaps",
     "plot_matrix",
     "matrix_image",
-    "callbacks",
+    "methods",
     "matrix",
     "outputs",
     "TfcamError",
