@@ -33,7 +33,7 @@ from tfcam.layers import (
 from tfcam.methods import REGISTRY, Method, get_method
 from tfcam.methods.gradient import principal_projection
 from tfcam.targets import Target, TargetSpec, as_target
-from tfcam.validation import as_image_array
+from tfcam.validation import as_image_array, resolve_index
 
 __all__ = ["Explainer", "Explanation", "RunContext"]
 
@@ -291,16 +291,7 @@ class Explainer:
             names = self._input_names()
         except (AttributeError, ValueError):
             names = ["input"]
-        if which is None:
-            return 0
-        if isinstance(which, (int, np.integer)) and not isinstance(which, bool) and 0 <= int(which) < len(names):
-            return int(which)
-        if isinstance(which, str) and which in names:
-            return names.index(which)
-        raise InputError(
-            f"Expected input to be an index in [0, {len(names)}) or one of the model's input "
-            f"names {names}. Received: input={which!r}"
-        )
+        return resolve_index(which, names, "input", InputError)
 
     def _resolve_reshape(self, reshape: Any):
         if reshape is None or callable(reshape):
@@ -380,16 +371,7 @@ class Explainer:
 
     def _resolve_output(self, output: int | str | None) -> int:
         names = [t._keras_history.operation.name for t in self.model.outputs]
-        if output is None:
-            return 0
-        if isinstance(output, (int, np.integer)) and 0 <= int(output) < len(names):
-            return int(output)
-        if isinstance(output, str) and output in names:
-            return names.index(output)
-        raise TargetError(
-            f"Expected output to be an index in [0, {len(names)}) or one of the output "
-            f"names {names}. Received: output={output!r}"
-        )
+        return resolve_index(output, names, "output", TargetError)
 
     # ------------------------------------------------------------------ inputs
     def _prepare_images(self, images: Any) -> np.ndarray | list[np.ndarray]:

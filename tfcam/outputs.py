@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from tfcam import maps as maps_ops
 from tfcam.errors import InputError, InputTypeError, ModelError, TargetError
-from tfcam.validation import as_image_array
+from tfcam.validation import as_image_array, resolve_index
 
 __all__ = ["probability_map", "anomaly_map", "AnomalyMaps", "gaussian_smooth", "ERRORS", "REDUCTIONS"]
 
@@ -86,17 +86,7 @@ def _output_info(model: keras.Model, x_shape: tuple) -> list[tuple[str, tuple]]:
 
 
 def _resolve_output(info: list[tuple[str, tuple]], output: int | str | None) -> int:
-    names = [n for n, _ in info]
-    if output is None:
-        return 0
-    if isinstance(output, (int, np.integer)) and not isinstance(output, bool) and 0 <= int(output) < len(names):
-        return int(output)
-    if isinstance(output, str) and output in names:
-        return names.index(output)
-    raise TargetError(
-        f"Expected output to be an index in [0, {len(names)}) or one of the output names {names}. "
-        f"Received: output={output!r}"
-    )
+    return resolve_index(output, [n for n, _ in info], "output", TargetError)
 
 
 def _positive_int(value: Any, name: str) -> int:

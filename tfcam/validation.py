@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tfcam.errors import InputError, InputTypeError
 
-__all__ = ["as_image_array"]
+__all__ = ["as_image_array", "resolve_index"]
 
 
 def as_image_array(images: Any, expected: tuple | None, dtype: Any = "float32", what: str = "images") -> np.ndarray:
@@ -63,3 +63,21 @@ def as_image_array(images: Any, expected: tuple | None, dtype: Any = "float32", 
             f"Received: {what} with {bad} non-finite values"
         )
     return images.astype(dtype or "float32", copy=False)
+
+
+def resolve_index(which: Any, names: list[str], what: str, error: type[Exception]) -> int:
+    """Position of ``which`` (None = 0, an index, or a name) among ``names``.
+
+    Raises:
+        error: (a tfcam error class) ``which`` is neither a valid index nor one of ``names``.
+    """
+    if which is None:
+        return 0
+    if isinstance(which, (int, np.integer)) and not isinstance(which, bool) and 0 <= int(which) < len(names):
+        return int(which)
+    if isinstance(which, str) and which in names:
+        return names.index(which)
+    raise error(
+        f"Expected {what} to be an index in [0, {len(names)}) or one of the model's {what} names {names}. "
+        f"Received: {what}={which!r}"
+    )
