@@ -114,7 +114,7 @@ def combine_channels(m: Method, out: tf.Tensor, a: tf.Tensor, g: tf.Tensor, eige
     pytorch-grad-cam's ``eigen_smooth`` does.
     """
     if m.returns == "weights":
-        weighted = a * tf.reshape(out, [-1] + [1] * (len(a.shape) - 2) + [a.shape[-1]])
+        weighted = maps_ops.channel_weighted(a, out)
         return principal_projection(weighted) if eigen_smooth else tf.reduce_sum(weighted, axis=-1)
     if eigen_smooth and m.elementwise is not None:
         return principal_projection(m.elementwise(a, g))

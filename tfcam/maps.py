@@ -10,7 +10,18 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-__all__ = ["normalize_maps", "resize_maps", "postprocess", "combine_layers"]
+__all__ = ["channel_weighted", "weighted_channel_sum", "normalize_maps", "resize_maps", "postprocess", "combine_layers"]
+
+
+def channel_weighted(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """``w_k * A_k`` for activations ``(N, *S, C)`` and per-example channel weights ``(N, C)``."""
+    shape = [-1] + [1] * (len(activations.shape) - 2) + [activations.shape[-1]]
+    return activations * tf.reshape(weights, shape)
+
+
+def weighted_channel_sum(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """The CAM map ``sum_k w_k A_k``, ``(N, *S)``, from ``(N, *S, C)`` and ``(N, C)``."""
+    return tf.reduce_sum(channel_weighted(activations, weights), axis=-1)
 
 
 def normalize_maps(maps: tf.Tensor) -> tf.Tensor:

@@ -85,6 +85,14 @@ def _output_info(model: keras.Model, x_shape: tuple) -> list[tuple[str, tuple]]:
     return [(f"output_{i}", tuple(t.shape)) for i, t in enumerate(flat)]
 
 
+def _selected_output(model: keras.Model, images: Any, output: int | str | None) -> tuple[np.ndarray, int, tuple]:
+    """Prepared images, the selected output's index and its ``(name, shape)``."""
+    x = _prepare_images(model, images)
+    info = _output_info(model, x.shape)
+    index = _resolve_output(info, output)
+    return x, index, info[index]
+
+
 def _resolve_output(info: list[tuple[str, tuple]], output: int | str | None) -> int:
     return resolve_index(output, [n for n, _ in info], "output", TargetError)
 
@@ -161,11 +169,8 @@ def probability_map(
     """
     _check_model(model)
     batch_size = _positive_int(batch_size, "batch_size")
-    x = _prepare_images(model, images)
+    x, index, (name, shape) = _selected_output(model, images, output)
     n = x.shape[0]
-    info = _output_info(model, x.shape)
-    index = _resolve_output(info, output)
-    name, shape = info[index]
     if len(shape) < 3 or len(shape) > 5:
         raise TargetError(
             "probability_map needs a spatial output shaped (N, *spatial, classes) with 1 to 3 "
@@ -387,11 +392,8 @@ def anomaly_map(
             raise InputError(f"Expected smooth to be None or a positive sigma in pixels. Received: smooth={smooth!r}")
         smooth = float(smooth)
     batch_size = _positive_int(batch_size, "batch_size")
-    x = _prepare_images(model, images)
+    x, index, (name, shape) = _selected_output(model, images, output)
     n = x.shape[0]
-    info = _output_info(model, x.shape)
-    index = _resolve_output(info, output)
-    name, shape = info[index]
     if len(shape) != x.ndim or any(o is not None and o != i for o, i in zip(shape[1:], x.shape[1:])):
         raise ModelError(
             "anomaly_map needs an autoencoder: the model's output must have the input's shape "

@@ -479,7 +479,7 @@ def _gradcam_at_input(explainer: Explainer, target, x, arrays) -> tf.Tensor:
         a = explainer._channels_last(li, tf.cast(a, tf.float32))
         g = tf.zeros_like(a) if g is None else explainer._channels_last(li, tf.cast(g, tf.float32))
         w = gradcam_weights(a, g, scores)
-        m = tf.reduce_sum(a * tf.reshape(w, [-1] + [1] * (len(a.shape) - 2) + [a.shape[-1]]), axis=-1)
+        m = maps_ops.weighted_channel_sum(a, w)
         per_layer.append(maps_ops.postprocess(m, size, True))
     return maps_ops.combine_layers(per_layer, True)
 

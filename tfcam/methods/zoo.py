@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfcam import maps as maps_ops
 from tfcam.errors import InputError, MethodError
 from tfcam.methods.gradient import principal_projection
 from tfcam.methods.registry import Method, get_method, register
@@ -229,7 +230,7 @@ def _shapleycam(ctx):
                 g = explainer._channels_last(li, tf.cast(grads[li], tf.float32))
                 hvp = tf.zeros_like(a) if hvp is None else explainer._channels_last(li, tf.cast(hvp, tf.float32))
                 w = tf.reduce_mean(g - 0.5 * hvp, axis=_spatial_axes(g))
-                maps.append(tf.reduce_sum(a * tf.reshape(w, [-1] + [1] * (len(a.shape) - 2) + [a.shape[-1]]), -1))
+                maps.append(maps_ops.weighted_channel_sum(a, w))
             del outer
             return tuple(maps)
 
@@ -333,7 +334,7 @@ def _smoothgradcampp(ctx):
                 sum_a = tf.reduce_sum(a, axis=ax, keepdims=True)
                 alpha = tf.math.divide_no_nan(g2, 2.0 * g2 + sum_a * g3)
                 w = tf.reduce_sum(alpha * tf.nn.relu(g1), axis=ax)
-                maps.append(tf.reduce_sum(a * tf.reshape(w, [-1] + [1] * (len(a.shape) - 2) + [a.shape[-1]]), -1))
+                maps.append(maps_ops.weighted_channel_sum(a, w))
             return tuple(maps)
 
         return explainer._compile(fn, [explainer._x_spec(), explainer._arrays_spec(ctx.arrays)])
@@ -350,8 +351,6 @@ def _refinecam(ctx):
     **product** (the engine normalizes the result). Give several layers
     (``layer=[...]``); with one layer it equals the base method.
     """
-    from tfcam import maps as maps_ops
-
     explainer = ctx.explainer
     base = get_method(_option(ctx.options, "refine_base", "gradcam++"))
     if base.kind != "cam":
@@ -378,7 +377,7 @@ def _refinecam(ctx):
                     extras["head_weights"] = tf.transpose(tf.gather(kernel, ctx.target.class_index(sel, *arrays), axis=1))
                 raw = base.fn(a, g, y, **extras)
                 if base.returns == "weights":
-                    raw = tf.reduce_sum(a * tf.reshape(raw, [-1] + [1] * (len(a.shape) - 2) + [a.shape[-1]]), -1)
+                    raw = maps_ops.weighted_channel_sum(a, raw)
                 m = maps_ops.resize_maps(tf.nn.relu(raw), size)
                 peak = tf.reduce_max(m, axis=list(range(1, len(m.shape))), keepdims=True)
                 m = tf.math.divide_no_nan(m, peak)
