@@ -109,9 +109,9 @@ def test_dff_offset_and_no_head(images):
 def test_dff_reuses_an_explainer(model, images):
     ex = tfcam.Explainer(model, "c2")
     a = tfcam.deep_feature_factorization(ex, images, n_components=2, n_iter=100)
-    traces = ex._forward.experimental_get_tracing_count()
+    traces = ex.view._cache["explainer_forward"].experimental_get_tracing_count()
     b = tfcam.deep_feature_factorization(ex, images[::-1], "c2", n_components=2, n_iter=100)
-    assert ex._forward.experimental_get_tracing_count() == traces  # no retrace, no rebuild
+    assert ex.view._cache["explainer_forward"].experimental_get_tracing_count() == traces  # no retrace, no rebuild
     direct = tfcam.deep_feature_factorization(model, images, "c2", n_components=2, n_iter=100)
     np.testing.assert_allclose(a.concepts, direct.concepts, rtol=1e-5, atol=1e-6)
     assert b.maps.shape == a.maps.shape

@@ -196,20 +196,67 @@ def test_completeness(images, bn):
     np.testing.assert_allclose(input_sum + bias_sum, scores, rtol=1e-4, atol=1e-4)
     assert np.abs(bias_sum).min() > 1e-3  # the bias terms are not trivially zero here
 
+def _fullgrad_fns(ex):
+    return [key for key in ex.view._cache if key[0] == "fullgrad"]
+
+
+def _node_counts(models):
+    from tfcam.layers import iter_layers
+
+    counts = {id(m): len(m._inbound_nodes) for m in models}
+    for m in models:
+        counts.update({id(r.layer): len(r.layer._inbound_nodes) for r in iter_layers(m)})
+    return counts
+
+
 def test_user_model_untouched_and_compiled_once(nets, images):
     fused, _ = nets
     before = {layer.name: (layer.activation if hasattr(layer, "activation") else None, dict(vars(layer)).keys())
               for layer in fused.layers}
+    nodes = _node_counts([fused])
     ex = tfcam.Explainer(fused, method="fullgrad", batch_size=2)
     ex(images, [0, 1, 2])
-    n_fns = len(ex._runner_fns)
+    n_fns = len(_fullgrad_fns(ex))
+    assert n_fns == 1
     ex(images[::-1], [1, 1, 1])
-    assert len(ex._runner_fns) == n_fns  # same target kind: nothing rebuilt
+    assert len(_fullgrad_fns(ex)) == n_fns  # same target kind: nothing rebuilt
     for layer in fused.layers:
         act, keys = before[layer.name]
         assert (layer.activation if hasattr(layer, "activation") else None) is act
         assert dict(vars(layer)).keys() == keys
+    assert _node_counts([fused]) == nodes  # no layer was called on symbolic tensors
     assert tfcam.Explainer(fused, method="full-grad").method == "fullgrad"
+
+
+def test_two_inputs_list_and_dict_nested_and_no_node_added(nets, images):
+    """A two-input model (list or dict inputs; the second input zero-weighted, around a
+    nested backbone) gives the single-input maps, and no layer gains a node."""
+    fused, _ = nets
+
+    def two_inputs(as_dict):
+        inner_in = keras.Input((H, H, 3))
+        t = fused.get_layer("dw")(fused.get_layer("bn1")(fused.get_layer("c1")(inner_in)))
+        inner = keras.Model(inner_in, t, name=f"backbone_{as_dict}")
+        aux, img = keras.Input((5,), name="aux"), keras.Input((H, H, 3), name="img")
+        h = inner(img)
+        for n in ("c2", "bn2", "gap"):
+            h = fused.get_layer(n)(h)
+        head = keras.layers.Dense(3, name="head")
+        side = keras.layers.Dense(3, use_bias=False, kernel_initializer="zeros", name="side")(aux)
+        out = keras.layers.Activation("softmax")(keras.layers.Add()([head(h), side]))
+        model = keras.Model({"aux": aux, "img": img} if as_dict else [aux, img], out)
+        head.set_weights(fused.get_layer("head").get_weights())
+        return model
+
+    models = [two_inputs(False), two_inputs(True)]
+    nodes = _node_counts([fused] + models)
+    aux = np.random.default_rng(2).normal(size=(3, 5)).astype(np.float32)
+    want = tfcam.Explainer(fused, method="fullgrad")(images, [0, 1, 2])
+    got_list = tfcam.Explainer(models[0], method="fullgrad", input="img")([aux, images], [0, 1, 2])
+    got_dict = tfcam.Explainer(models[1], method="fullgrad", input="img")({"img": images, "aux": aux}, [0, 1, 2])
+    np.testing.assert_allclose(got_list, want, atol=2e-5)
+    np.testing.assert_allclose(got_dict, want, atol=2e-5)
+    assert _node_counts([fused] + models) == nodes
 
 
 def _layer_pair(kind):

@@ -15,7 +15,7 @@ from reference import normalize, relu
 
 import tfcam
 from tfcam.errors import InputError
-from tfcam.methods.perturbation import _state, ablationcam_weights, cuts_graph, rise_masks, scorecam_weights
+from tfcam.methods.perturbation import ablationcam_weights, cuts_graph, rise_masks, scorecam_weights
 
 
 def _x(n=3, shape=(16, 16, 3), seed=0):
@@ -263,9 +263,9 @@ def test_compiled_once_per_explainer_and_model_untouched():
     ex = tfcam.Explainer(model, "c2", method="scorecam", perturbation_batch_size=4)
     for n, cls in [(3, [0, 1, 2]), (2, [3, 3]), (3, 1)]:
         ex.explain(_x(n), cls, ["scorecam", "ablationcam"], verbose=0)
-    fns = _state(ex).fns
+    fns = [fn for key, fn in ex.view._cache.items() if key[0] in ("scorecam", "ablationcam")]
     assert len(fns) == 2
-    for fn in fns.values():
+    for fn in fns:
         assert fn.experimental_get_tracing_count() == 1
     for w0, w1 in zip(before, model.get_weights()):
         np.testing.assert_array_equal(w0, w1)
@@ -328,12 +328,13 @@ def test_sscam_and_iscam_match_numpy():
     model = small_cnn(activation=None)
     x = _x(2)
     classes = [1, 3]
-    ex = tfcam.Explainer(model, "c2", method="sscam", n_samples=3, noise_std=0.3, seed=5, perturbation_batch_size=7)
+    ex = tfcam.Explainer(model, "c2", method="sscam", n_samples=3, noise_level=0.3, seed=5,
+                         perturbation_batch_size=7)
     noise = np.random.default_rng(5).normal(0.0, 0.3, size=(3, 16, 16))
     want = ref_scorecam(model, "c2", x, classes, variants=[(1.0, noise[i]) for i in range(3)])
     np.testing.assert_allclose(_raw(ex, x, classes, "sscam"), want, rtol=2e-4, atol=1e-5)
     want = ref_scorecam(model, "c2", x, classes, variants=[(i / 4, 0.0) for i in range(1, 5)])
-    ex = tfcam.Explainer(model, "c2", method="iscam", n_samples=4)
+    ex = tfcam.Explainer(model, "c2", method="iscam", steps=4)
     np.testing.assert_allclose(_raw(ex, x, classes, "iscam"), want, rtol=2e-4, atol=1e-5)
 
 
@@ -423,3 +424,104 @@ def test_segmentation_region_is_fixed_on_the_unperturbed_input():
     implicit = _raw(ex, x, tfcam.targets.SegmentationTarget(1), "scorecam")
     explicit = _raw(ex, x, tfcam.targets.SegmentationTarget(1, mask=region), "scorecam")
     np.testing.assert_allclose(implicit, explicit, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- layouts, input structures, the user's model
+
+_METHODS = ["scorecam", "sscam", "iscam", "ablationcam", "occlusion", "rise"]
+_OPTS = dict(perturbation_batch_size=7, top_k=4, n_samples=2, steps=3, n_masks=8, mask_grid=3, patch_size=5, stride=4)
+
+
+def _copy_weights(model, ref, names=("c1", "c2", "head")):
+    for name in names:
+        model.get_layer(name).set_weights(ref.get_layer(name).get_weights())
+    return model
+
+
+def _channels_first_twin(ref):
+    inp = keras.Input((3, 16, 16))
+    h = keras.layers.Conv2D(8, 3, activation="relu", data_format="channels_first", name="c1")(inp)
+    h = keras.layers.Conv2D(6, 3, activation="relu", data_format="channels_first", name="c2")(h)
+    g = keras.layers.GlobalAveragePooling2D(data_format="channels_first")(h)
+    return _copy_weights(keras.Model(inp, keras.layers.Dense(4, name="head")(g), name="cf_twin"), ref)
+
+
+def _two_input_twin(ref, as_dict):
+    """[aux, img] -> head(img) + Dense(aux) with a zero kernel: the scores of the reference."""
+    aux = keras.Input((5,), name="aux")
+    img = keras.Input((16, 16, 3), name="img")
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(img)
+    h = keras.layers.Conv2D(6, 3, activation="relu", name="c2")(h)
+    y = keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling2D()(h))
+    side = keras.layers.Dense(4, use_bias=False, kernel_initializer="zeros", name="side")(aux)
+    out = keras.layers.Add()([y, side])
+    inputs = {"aux": aux, "img": img} if as_dict else [aux, img]
+    return _copy_weights(keras.Model(inputs, out, name=f"two_inputs_{'dict' if as_dict else 'list'}"), ref)
+
+
+def _token_twin(ref):
+    """c2's output as tokens (N, 144, 6) -> GAP1D -> head: explained with reshape=(12, 12)."""
+    inp = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(inp)
+    h = keras.layers.Conv2D(6, 3, activation="relu", name="c2")(h)
+    t = keras.layers.Reshape((144, 6), name="tokens")(h)
+    g = keras.layers.GlobalAveragePooling1D()(t)
+    return _copy_weights(keras.Model(inp, keras.layers.Dense(4, name="head")(g), name="token_twin"), ref)
+
+
+def _all_layers(models):
+    from tfcam.layers import iter_layers
+
+    layers = {id(m): m for m in models}
+    for m in models:
+        layers.update({id(r.layer): r.layer for r in iter_layers(m)})
+    return list(layers.values())
+
+
+def test_same_maps_for_every_layout_and_input_structure_and_no_node_added():
+    """Every perturbation method: a channels_first twin, a two-input model (list and dict
+    inputs, the second input zero-weighted) and a token twin under reshape= give the
+    reference maps, and explaining adds no node to any of the user's layers."""
+    ref = small_cnn(activation=None)
+    twins = {"cf": _channels_first_twin(ref), "list": _two_input_twin(ref, False),
+             "dict": _two_input_twin(ref, True), "tokens": _token_twin(ref)}
+    layers = _all_layers([ref, *twins.values()])
+    nodes = {id(layer): len(layer._inbound_nodes) for layer in layers}
+    x = _x(2)
+    aux = np.random.default_rng(1).normal(size=(2, 5)).astype(np.float32)
+    classes = [1, 2]
+    want = tfcam.Explainer(ref, "c2", **_OPTS).explain(x, classes, _METHODS, resize=False, normalize=False,
+                                                       verbose=0)
+    cases = {
+        "cf": (tfcam.Explainer(twins["cf"], "c2", **_OPTS), x.transpose(0, 3, 1, 2)),
+        "list": (tfcam.Explainer(twins["list"], "c2", input="img", **_OPTS), [aux, x]),
+        "dict": (tfcam.Explainer(twins["dict"], "c2", input="img", **_OPTS), {"img": x, "aux": aux}),
+        "tokens": (tfcam.Explainer(twins["tokens"], "tokens", reshape=(12, 12), **_OPTS), x),
+    }
+    assert cuts_graph(cases["cf"][0]) and cuts_graph(cases["tokens"][0])
+    assert not cuts_graph(cases["list"][0])  # the second input bypasses c2: full passes
+    for name, (ex, images) in cases.items():
+        got = ex.explain(images, classes, _METHODS, resize=False, normalize=False, verbose=0)
+        for method in _METHODS:
+            assert np.ptp(want[method]) > 0
+            np.testing.assert_allclose(got[method], want[method], rtol=1e-4, atol=1e-5, err_msg=f"{name} {method}")
+    assert {id(layer): len(layer._inbound_nodes) for layer in layers} == nodes
+
+
+def test_deprecated_spellings_and_eigen_smooth():
+    model = small_cnn(activation=None)
+    x = _x(2)
+    new = _raw(tfcam.Explainer(model, "c2", n_samples=2, noise_level=0.3), x, [0, 1], "sscam")
+    with pytest.warns(DeprecationWarning, match="noise_level"):
+        old = _raw(tfcam.Explainer(model, "c2", n_samples=2, noise_std=0.3), x, [0, 1], "sscam")
+    np.testing.assert_allclose(old, new, rtol=1e-6)
+    steps = _raw(tfcam.Explainer(model, "c2", steps=3), x, [0, 1], "iscam")
+    with pytest.warns(DeprecationWarning, match="steps"):
+        old = _raw(tfcam.Explainer(model, "c2", n_samples=3), x, [0, 1], "iscam")
+    np.testing.assert_allclose(old, steps, rtol=1e-6)
+    smooth = tfcam.Explainer(model, "c2", eigen_smooth=True).explain(x, [0, 1], ["scorecam", "ablationcam"], verbose=0)
+    plain = tfcam.Explainer(model, "c2").explain(x, [0, 1], ["scorecam", "ablationcam"], verbose=0)
+    for name in ("scorecam", "ablationcam"):
+        assert smooth[name].shape == plain[name].shape and np.abs(smooth[name] - plain[name]).max() > 1e-3
+    with pytest.raises(tfcam.errors.MethodError, match="eigen_smooth"):
+        tfcam.Explainer(model, "c2", method="occlusion", eigen_smooth=True)(x)

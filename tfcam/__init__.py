@@ -57,6 +57,7 @@ if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with 
     raise _backend_error(_keras.backend.backend())
 
 from tfcam import callbacks, dataset, datasets, demo, io, matrix, methods, metrics, outputs, targets, viz  # noqa: E402
+from tfcam.attribution import Attributions, attribute  # noqa: E402
 from tfcam.dataset import ExplanationShards, MemoryWriter, ShardWriter, Writer, explain_dataset  # noqa: E402
 from tfcam.dff import DeepFeatureFactorization, deep_feature_factorization  # noqa: E402
 from tfcam.engine import Explainer, Explanation  # noqa: E402
@@ -64,7 +65,6 @@ from tfcam.introspection import FeatureMaps, Filters, feature_maps, filters, max
 from tfcam.layers import spatial_layers, tokens_to_grid  # noqa: E402
 from tfcam.matrix import matrix_image, plot_matrix  # noqa: E402
 from tfcam.methods import REGISTRY as _REGISTRY  # noqa: E402
-from tfcam.methods.attribution import Attributions, attribute  # noqa: E402
 from tfcam.outputs import AnomalyMaps, anomaly_map, probability_map  # noqa: E402
 from tfcam.viz import COLORMAPS, colorize, overlay, plot  # noqa: E402
 

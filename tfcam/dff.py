@@ -136,7 +136,7 @@ class DeepFeatureFactorization:
 def _head(model: keras.Model, ex: Explainer, output_index: int):
     """``(kernel (C, classes), bias (classes,))`` of a GAP + Dense head after the layer, or None."""
     try:
-        kernel = find_cam_head(model, ex._layers[0], output_index)
+        kernel = find_cam_head(model, ex.layers[0], output_index)
     except MethodError:
         return None
     dense = model.outputs[output_index]._keras_history.operation
@@ -211,9 +211,9 @@ def deep_feature_factorization(
     else:
         ex = Explainer(model, layer, output=output, input=input, data_format=data_format, batch_size=batch_size,
                        jit_compile=jit_compile)
-    x = ex._prepare_images(images)
+    x = ex.prepare_inputs(images)
     n = len(x[0]) if isinstance(x, list) else x.shape[0]
-    acts = tf.concat([ex.forward(xb)[0][0] for _, _, xb in ex._batches(x, n)], axis=0)  # (N, *S, C)
+    acts = tf.concat([ex.forward(xb)[0][0] for _, _, xb in ex.batches(x)], axis=0)  # (N, *S, C)
     spatial = tuple(acts.shape[1:-1])
     c = int(acts.shape[-1])
     lo = float(tf.reduce_min(acts))
@@ -231,7 +231,7 @@ def deep_feature_factorization(
     maps = tf.clip_by_value(maps_ops.resize_maps(flat, size), 0.0, 1.0)
     maps = tf.reshape(maps, [n, k] + size)
     concepts = tf.transpose(w).numpy()
-    head = _head(model, ex, ex._output_index)
+    head = _head(model, ex, ex.output_index)
     scores = top = None
     if head is not None:
         scores = concepts @ head[0] + head[1]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -21,21 +20,14 @@ import numpy as np
 import tensorflow as tf
 
 from tfcam import maps as maps_ops
+from tfcam.context import MethodContext, MethodOptions, ModelView, combine_channels
 from tfcam.errors import InputError, LayerError, MethodError, TargetError
-from tfcam.layers import (
-    LayerRef,
-    LayerSpec,
-    build_capture_model,
-    find_cam_head,
-    resolve_layers,
-    tokens_to_grid,
-)
+from tfcam.layers import LayerRef, LayerSpec, grid_to_tokens, resolve_layers, tokens_to_grid
 from tfcam.methods import REGISTRY, Method, get_method
-from tfcam.methods.gradient import principal_projection
 from tfcam.targets import Target, TargetSpec, as_target
 from tfcam.validation import as_image_array, resolve_index
 
-__all__ = ["Explainer", "Explanation", "RunContext"]
+__all__ = ["Explainer", "Explanation"]
 
 logger = logging.getLogger("tfcam")
 
@@ -54,71 +46,6 @@ class Explanation(dict):
 
     predictions: np.ndarray
     scores: np.ndarray
-
-
-@dataclass
-class RunContext:
-    """What a ``kind="runner"`` method receives for one batch.
-
-    Attributes:
-        explainer: the Explainer (``explainer.forward``, ``explainer.score_function``,
-            ``explainer.batch_size``, ``explainer.layer_names`` ...).
-        x: the input batch: a tensor for single-input models; for multi-input models a
-            list of tensors in the order of ``model.inputs``. ``explainer.forward`` and
-            ``explainer.score_function(...)`` take ``x`` in the same form. The maps are
-            about input ``explainer.input_index``: ``ctx.image`` is that tensor, and
-            ``ctx.with_image(new)`` rebuilds the structure around a perturbed copy of it
-            (the other inputs are repeated to ``new``'s batch size).
-        target: the Target; ``arrays``: its per-example tensors for this batch.
-        options: the Explainer's method options.
-        verbose: 1 to show a progress bar for long runs, 0 for none.
-    """
-
-    explainer: Explainer
-    x: tf.Tensor
-    target: Target
-    arrays: tuple
-    options: dict
-    verbose: int = 1
-
-    @property
-    def image(self) -> tf.Tensor:
-        """The explained input of the batch (``x`` itself for single-input models)."""
-        return self.explainer._main_input(self.x)
-
-    def with_image(self, image: tf.Tensor) -> Any:
-        """``x`` with the explained input replaced by ``image``.
-
-        ``image`` may hold ``r`` copies of each example (batch ``r * N``, example-major
-        as ``tf.repeat(x, r, axis=0)``); the other inputs are repeated likewise.
-        """
-        if not self.explainer.multi_input:
-            return image
-        n = tf.shape(self.image)[0]
-        reps = tf.shape(image)[0] // n
-        out = [tf.repeat(t, reps, axis=0) for t in self.x]
-        out[self.explainer.input_index] = image
-        return out
-
-    def scores(self, x: tf.Tensor, arrays: tuple | None = None) -> tf.Tensor:
-        """Target scores ``(len(x),)`` of a batch of inputs (compiled, cached)."""
-        return self.explainer.score_function(self.target, self.arrays if arrays is None else arrays)(
-            x, self.arrays if arrays is None else arrays)
-
-
-def combine_channels(m: Method, out: tf.Tensor, a: tf.Tensor, g: tf.Tensor, eigen_smooth: bool) -> tf.Tensor:
-    """A CAM method's output -> its raw map ``(N, *S)``.
-
-    Channel weights give ``sum_k w_k A_k``; with ``eigen_smooth`` the first principal
-    component of ``w * A`` (or of the method's element-wise product) instead, as
-    pytorch-grad-cam's ``eigen_smooth`` does.
-    """
-    if m.returns == "weights":
-        weighted = maps_ops.channel_weighted(a, out)
-        return principal_projection(weighted) if eigen_smooth else tf.reduce_sum(weighted, axis=-1)
-    if eigen_smooth and m.elementwise is not None:
-        return principal_projection(m.elementwise(a, g))
-    return out
 
 
 def _gpu_available() -> bool:
@@ -213,37 +140,26 @@ class Explainer:
         if data_format is not None and data_format not in _FORMATS:
             raise InputError(f"Expected data_format in {_FORMATS} or None. Received: data_format={data_format!r}")
         self._input_index = self._resolve_input(input)
-        self._reshape = self._resolve_reshape(reshape)
+        reshape_fn, reshape_inverse = self._resolve_reshape(reshape)
         self._layers: list[LayerRef] = resolve_layers(
             model, layer, self._input_index, rank=3 if reshape is not None else None)
         if layer is None:
             logger.info("tfcam picked layer %r", self._layers[0].path)
         self.data_format = data_format or self._infer_format()
-        self._capture = build_capture_model(model, self._layers, want_logits=(score == "logit"))
-        self._map_ranks = [self._check_map_rank(li) for li in range(len(self._layers))]
         self._output_index = self._resolve_output(output)
+        self.options: dict[str, Any] = _check_options(options)
+        self.view = ModelView(
+            model, self._layers, input_index=self._input_index, output_index=self._output_index,
+            score=score, data_format=self.data_format, reshape=reshape_fn, reshape_inverse=reshape_inverse,
+            jit_compile=self.jit_compile, run_eagerly=self.run_eagerly, batch_size=self.batch_size,
+            eigen_smooth=self.eigen_smooth)
+        self._map_ranks = [self._check_map_rank(li) for li in range(len(self._layers))]
         self._steps: dict[Any, Any] = {}
         self._trace_count = 0
-        self._head_kernels: dict[int, Any] = {}
-        known = sorted({o for m in REGISTRY.values() for o in m.options})
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise InputError(
-                f"Unknown option(s) {unknown}. Options methods accept: {known}. "
-                f"Received: {', '.join(f'{k}={options[k]!r}' for k in unknown)}"
-            )
-        self.options: dict[str, Any] = dict(options)
-        self._forward = None
-        self._score_fns: dict[Any, Any] = {}
-        self._post_fns: dict[Any, Any] = {}
-        self._runner_fns: dict[Any, Any] = {}
 
     def cached(self, key: Any, build) -> Any:
-        """A per-Explainer cache for compiled functions of runner methods (built once)."""
-        fn = self._runner_fns.get(key)
-        if fn is None:
-            fn = self._runner_fns[key] = build()
-        return fn
+        """The Explainer's cache of compiled functions (``build()`` runs once per key)."""
+        return self.view.cached(key, build)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -259,7 +175,7 @@ class Explainer:
     @property
     def uses_logits(self) -> bool:
         """True when the explained score is the recomputed pre-activation of the output."""
-        return self.score == "logit" and self._capture.has_logits[self._output_index]
+        return self.score == "logit" and self.view.uses_logits
 
     @property
     def input_index(self) -> int:
@@ -272,10 +188,38 @@ class Explainer:
         return len(self.model.inputs) > 1
 
     @property
+    def output_index(self) -> int:
+        """Index (in ``model.outputs``) of the explained output."""
+        return self._output_index
+
+    @property
+    def output_shape(self) -> tuple:
+        """Shape of the explained output (batch axis first, None when unknown)."""
+        return self._output_shape()
+
+    @property
+    def layers(self) -> list[LayerRef]:
+        """The target layers (``LayerRef``: path, the user's layer object, its parents)."""
+        return list(self._layers)
+
+    def prepare_inputs(self, images: Any) -> np.ndarray | list[np.ndarray]:
+        """Validated model inputs: an array, or for multi-input models a list in
+        ``model.inputs`` order (from a list or a dict keyed by input name).
+
+        Raises:
+            InputError, InputTypeError: wrong shapes, dtypes, keys or batch sizes.
+        """
+        return self._prepare_images(images)
+
+    def batches(self, inputs: Any):
+        """``(start, stop, batch)`` over prepared inputs, ``batch_size`` examples at a time."""
+        n = len(inputs[0]) if isinstance(inputs, list) else inputs.shape[0]
+        return self._batches(inputs, n)
+
+    @property
     def input_spatial_shape(self) -> tuple:
         """Spatial shape of the explained input (the maps' shape with ``resize=True``)."""
-        shape = tuple(self.model.inputs[self._input_index].shape)
-        return shape[2:] if self.data_format == "channels_first" else shape[1:-1]
+        return self.view.spatial_shape
 
     def _input_names(self) -> list[str]:
         """Names of the model inputs in ``model.inputs`` order (dict keys for dict-input models)."""
@@ -293,16 +237,20 @@ class Explainer:
             names = ["input"]
         return resolve_index(which, names, "input", InputError)
 
-    def _resolve_reshape(self, reshape: Any):
-        if reshape is None or callable(reshape):
-            return reshape
+    @staticmethod
+    def _resolve_reshape(reshape: Any) -> tuple[Callable | None, Callable | None]:
+        """``reshape`` -> (tokens -> grid, its inverse or None)."""
+        if reshape is None:
+            return None, None
+        if callable(reshape):
+            return reshape, None
         if isinstance(reshape, str):
             if reshape.lower() in ("vit", "tokens"):
-                return tokens_to_grid
+                return tokens_to_grid, grid_to_tokens
         elif isinstance(reshape, (tuple, list)) and len(reshape) == 2 and all(
                 isinstance(v, (int, np.integer)) and v > 0 for v in reshape):
             grid = tuple(int(v) for v in reshape)
-            return lambda t: tokens_to_grid(t, grid)
+            return (lambda t: tokens_to_grid(t, grid)), grid_to_tokens
         raise InputError(
             "Expected reshape to be None, 'vit', a grid (h, w), or a callable "
             f"(N, tokens, dim) -> (N, h, w, dim). Received: reshape={reshape!r}"
@@ -317,23 +265,17 @@ class Explainer:
                 return fmt
         return "channels_last"
 
-    def _to_map_layout(self, li: int, t: tf.Tensor) -> tf.Tensor:
-        """float32, channels-last, then the reshape hook: what the methods receive."""
-        t = self._channels_last(li, tf.cast(t, tf.float32))
-        return t if self._reshape is None else self._reshape(t)
-
     def _check_map_rank(self, li: int) -> int:
         ref = self._layers[li]
         shape = tuple(ref.layer.output.shape)
-        if self._reshape is not None:
+        if self.view.reshape is not None:
             probe = tf.zeros((1,) + tuple(1 if s is None else s for s in shape[1:]), tf.float32)
-            out = self._to_map_layout(li, probe)
-            shape = tuple(out.shape)
+            shape = tuple(self.view.to_map_layout(li, probe).shape)
         want = len(self.input_spatial_shape)
         got = len(shape) - 2
         if got != want:
             hint = (" For transformer token layers (batch, tokens, dim) pass reshape='vit'."
-                    if len(shape) == 3 and self._reshape is None else "")
+                    if len(shape) == 3 and self.view.reshape is None else "")
             raise LayerError(
                 f"The maps of layer {ref.path!r} have {got} spatial axes (activations shaped "
                 f"{shape}) but the explained input has {want} ({self.input_spatial_shape}).{hint} "
@@ -353,12 +295,12 @@ class Explainer:
     def _main_input(self, x: Any) -> Any:
         return x[self._input_index] if self.multi_input else x
 
-    def _input_channels_last(self, t: tf.Tensor) -> tf.Tensor:
-        if self.data_format == "channels_first":
-            return tf.transpose(t, [0] + list(range(2, len(t.shape))) + [1])
-        return t
+    def _check_methods(self, methods: Sequence[Method]) -> dict[str, MethodOptions]:
+        """Everything a request can get wrong, before any work; returns each method's options.
 
-    def _check_method_ranks(self, methods: Sequence[Method]) -> None:
+        Option values are validated here, against the methods requested (an Explainer may
+        hold options for several methods; each method reads its own, with its defaults).
+        """
         for m in methods:
             ranks = self._map_ranks if m.kind == "cam" else [len(self.input_spatial_shape)]
             for r in ranks:
@@ -368,6 +310,15 @@ class Explainer:
                         f"axes, not {r} ({ {1: '1-D (Conv1D/time series)', 2: '2-D (images)', 3: '3-D (volumes)'}[r] }). "
                         f"Received: method={m.name!r} for layer(s) {self.layer_names}"
                     )
+            if self.eigen_smooth and not m.supports_eigen_smooth:
+                raise MethodError(
+                    f"eigen_smooth=True does not apply to method {m.name!r} (it forms no weighted sum of "
+                    "channels to replace by a principal component). Drop eigen_smooth for it or explain it "
+                    f"with another Explainer. Received: eigen_smooth=True, method={m.name!r}")
+            reason = m.refuses(self.view) if m.refuses is not None else None
+            if reason:
+                raise MethodError(f"Method {m.name!r} cannot explain this model: {reason} Received: method={m.name!r}")
+        return {m.name: MethodOptions(m, self.options) for m in methods}
 
     def _resolve_output(self, output: int | str | None) -> int:
         names = [t._keras_history.operation.name for t in self.model.outputs]
@@ -418,66 +369,36 @@ class Explainer:
         return tuple(self.model.outputs[self._output_index].shape)
 
     # ------------------------------------------------------------------ the step
-    def _head_weights(self, li: int):
-        if li not in self._head_kernels:
-            self._head_kernels[li] = find_cam_head(self.model, self._layers[li], self._output_index)
-        return self._head_kernels[li]
-
     def _compile(self, fn, input_signature):
-        if self.run_eagerly:
-            return fn
-        # autograph=False: the step has no data-dependent Python control flow, and our own
-        # errors raised while tracing must reach the user unwrapped.
-        return tf.function(fn, input_signature=input_signature, jit_compile=self.jit_compile,
-                           autograph=False, reduce_retracing=True)
+        return self.view.compile(fn, input_signature)
 
     def _x_spec(self) -> tf.TensorSpec | list[tf.TensorSpec]:
         """The input signature of ``x``: one spec, or a list of them for multi-input models."""
-        specs = [tf.TensorSpec((None,) + tuple(s.shape[1:]), s.dtype) for s in self.model.inputs]
-        return specs if self.multi_input else specs[0]
-
-    @staticmethod
-    def _arrays_spec(arrays) -> tuple:
-        return tuple(tf.TensorSpec((None,) + tuple(a.shape[1:]), tf.as_dtype(a.dtype)) for a in arrays)
-
-    def _select(self, outs, logits):
-        sel = logits[self._output_index] if self.score == "logit" else outs[self._output_index]
-        return tf.cast(sel, tf.float32)
-
-    def _channels_last(self, li: int, t: tf.Tensor) -> tf.Tensor:
-        if getattr(self._layers[li].layer, "data_format", None) == "channels_first":
-            return tf.transpose(t, [0] + list(range(2, len(t.shape))) + [1])
-        return t
+        return self.view.input_spec()
 
     def forward(self, x: tf.Tensor | list[tf.Tensor]) -> tuple[list, list, list]:
         """Compiled forward pass: (activations, outputs, logits).
 
-        Activations are float32, channels-last and passed through the ``reshape`` hook,
-        i.e. what the methods receive. ``x`` is a tensor, or for multi-input models a
-        list of tensors in ``model.inputs`` order.
+        Activations are float32 in the map layout ``(N, *S, C)`` (channels-last, passed
+        through the ``reshape`` hook), i.e. what the methods receive. ``x`` is a tensor, or
+        for multi-input models a list of tensors in ``model.inputs`` order. ``logits`` holds,
+        per output, the value before a final softmax/sigmoid (``score="logit"``) or the
+        output itself.
         """
-        if self._forward is None:
+        def build():
             def fwd(x):
-                acts, outs, logits = self._capture(x)
-                acts = [self._to_map_layout(i, a) for i, a in enumerate(acts)]
-                return acts, outs, logits
-            self._forward = self._compile(fwd, [self._x_spec()])
-        return self._forward(x)
+                p = self.view.run(x)
+                return p.acts, p.outputs, p.logits
+            return self._compile(fwd, [self._x_spec()])
+
+        return self.view.cached("explainer_forward", build)(x)
 
     def score_function(self, target: Target, arrays: tuple):
         """A compiled ``(x, arrays) -> (N,)`` target score of any input batch (cached).
 
         ``x`` as in ``forward`` (a list of tensors for multi-input models).
         """
-        key = (target.trace_key, tuple((tuple(a.shape[1:]), a.dtype) for a in arrays))
-        fn = self._score_fns.get(key)
-        if fn is None:
-            def score(x, target_arrays):
-                _, outs, logits = self._capture(x)
-                return target.score(self._select(outs, logits), *target_arrays)
-            fn = self._compile(score, [self._x_spec(), self._arrays_spec(arrays)])
-            self._score_fns[key] = fn
-        return fn
+        return self.view.score_function(target, arrays)
 
     def _finish(self, name: str, per_layer: list, size, normalize: bool):
         """ReLU -> resize -> normalize each layer's raw map, then combine layers."""
@@ -489,95 +410,152 @@ class Explainer:
             )
         return maps_ops.combine_layers(post, normalize)
 
+    def _flip_axis(self, rank: int) -> int:
+        """The last spatial axis of the explained input (aug_smooth's flip)."""
+        return rank - (2 if self.data_format == "channels_last" else 1)
+
     def _build_step(self, methods: tuple[Method, ...], target: Target, resize: bool, normalize: bool,
-                    arrays: tuple[np.ndarray, ...]):
-        capture = self._capture
-        out_i = self._output_index
+                    arrays: tuple[np.ndarray, ...], options: dict[str, MethodOptions]):
+        view = self.view
         layer_methods = [m for m in methods if m.kind == "cam"]
         input_methods = [m for m in methods if m.kind == "input"]
         need_grads = any(m.needs_gradients for m in layer_methods)
         n_layers = len(self._layers)
         if any("head_weights" in m.extras for m in methods):
             for li in range(n_layers):
-                self._head_weights(li)
-        options = self.options
+                view.head_weights(li)
 
-        def step(x, target_arrays):
-            self._trace_count += 1
-            x_main = self._main_input(x)
+        def maps_of(x, target_arrays, size):
+            x_main = view.main_input(x)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(x_main)
-                acts, outs, logits = capture(x)
-                selected = self._select(outs, logits)
-                scores = target.score(selected, *target_arrays)
-            sources = (list(acts) if need_grads else []) + ([x_main] if input_methods else [])
+                p = view.run(x)
+                scores = tf.cast(target.score(p.selected, *target_arrays), tf.float32)
+            sources = (list(p.raw) if need_grads else []) + ([x_main] if input_methods else [])
             grads = tape.gradient(scores, sources) if sources else []
             layer_grads = grads[:n_layers] if need_grads else [None] * n_layers
-            size = self._resize_target(x_main) if resize else None
             maps = {}
             for m in input_methods:
                 dx = grads[-1]
                 dx = tf.zeros_like(x_main) if dx is None else dx
-                xi = self._input_channels_last(x_main)
-                raw = m.fn(xi, self._input_channels_last(tf.cast(dx, xi.dtype)), scores, options=options)
+                xi = view.image_to_channels_last(tf.cast(x_main, tf.float32))
+                raw = m.fn(xi, view.image_to_channels_last(tf.cast(dx, tf.float32)), scores,
+                           options=options[m.name])
                 maps[m.name] = self._finish(m.name, [raw], size, normalize)
             results = {m.name: [] for m in layer_methods}
             for li in range(n_layers):
-                a = self._to_map_layout(li, acts[li])
+                a = p.acts[li]
                 g = layer_grads[li]
                 if need_grads and g is None:
                     raise TargetError(
                         f"The target score does not depend on layer {self._layers[li].path!r} "
                         "(its gradient is None). Pick a layer that feeds the explained output."
                     )
-                g = tf.zeros_like(a) if g is None else self._to_map_layout(li, g)
+                g = tf.zeros_like(a) if g is None else view.to_map_layout(li, g)
                 for m in layer_methods:
-                    extras = {"options": options} if m.options else {}
+                    extras = {"options": options[m.name]} if m.options else {}
                     if "head_weights" in m.extras:
-                        cls = target.class_index(selected, *target_arrays)
+                        cls = target.class_index(p.selected, *target_arrays)
                         if cls is None:
                             raise MethodError("CAM needs a class target (an int, a list of ints or None).")
-                        kernel = tf.cast(self._head_kernels[li], tf.float32)
+                        kernel = tf.cast(view.head_weights(li), tf.float32)
                         extras["head_weights"] = tf.transpose(tf.gather(kernel, cls, axis=1))
                     out = m.fn(a, g, scores, **extras)
                     results[m.name].append(combine_channels(m, out, a, g, self.eigen_smooth))
             for name, per_layer in results.items():
                 maps[name] = self._finish(name, per_layer, size, normalize)
-            return maps, scores, outs[out_i]
+            return maps, scores, p.outputs[self._output_index]
 
-        return self._compile(step, [self._x_spec(), self._arrays_spec(arrays)])
+        def step(x, target_arrays):
+            self._trace_count += 1
+            x_main = view.main_input(x)
+            size = self._resize_target(x_main) if resize else None
+            maps, scores, preds = maps_of(x, target_arrays, size)
+            if self.aug_smooth and maps:
+                maps = self._augment_in_step(maps, x, x_main, target_arrays, size, normalize, maps_of)
+            return maps, scores, preds
 
-    def _get_step(self, methods, target, resize, normalize, arrays):
+        return self._compile(step, [self._x_spec(), view.arrays_spec(arrays)])
+
+    def _augmentations(self, x_main):
+        """aug_smooth's five extra inputs: flip x brightness {0.9, 1, 1.1} but the identity."""
+        axis = self._flip_axis(len(x_main.shape))
+        for flip in (False, True):
+            for factor in (0.9, 1.0, 1.1):
+                if not flip and factor == 1.0:
+                    continue
+                aug = x_main * tf.cast(factor, x_main.dtype)
+                yield flip, (tf.reverse(aug, axis=[axis]) if flip else aug)
+
+    def _average_augmented(self, total: dict, count: float, normalize: bool) -> dict:
+        out = {k: v / count for k, v in total.items()}
+        return {k: maps_ops.normalize_maps(v) for k, v in out.items()} if normalize else out
+
+    def _augment_in_step(self, maps, x, x_main, target_arrays, size, normalize, maps_of):
+        """aug_smooth inside the compiled step (so it also runs under ``strategy.run``)."""
+        total = dict(maps)
+        for flip, aug in self._augmentations(x_main):
+            got, _, _ = maps_of(self.view.with_image(x, aug, tf.range(tf.shape(aug)[0])), target_arrays, size)
+            for k, v in got.items():
+                total[k] = total[k] + (tf.reverse(v, axis=[len(v.shape) - 1]) if flip else v)
+        return self._average_augmented(total, 6.0, normalize)
+
+    def _get_step(self, methods, target, resize, normalize, arrays, options=None):
         key = (tuple(m.name for m in methods), target.trace_key, bool(resize), bool(normalize),
                tuple((a.dtype.str, a.shape[1:]) for a in arrays))
         step = self._steps.get(key)
         if step is None:
-            step = self._build_step(methods, target, resize, normalize, arrays)
+            options = self._check_methods(methods) if options is None else options
+            step = self._build_step(methods, target, resize, normalize, arrays, options)
             self._steps[key] = step
         return step
 
-    def _post_function(self, n_maps: int, shapes: tuple, resize: bool, normalize: bool):
-        """Compiled post-processing of a runner method's raw maps (cached per shapes)."""
-        key = (shapes, resize, normalize)
-        fn = self._post_fns.get(key)
-        if fn is None:
-            size = list(self.input_spatial_shape) if resize else None
+    def _post_function(self, shapes: tuple, resize: bool, normalize: bool, size: tuple | None):
+        """Compiled post-processing of a runner method's raw maps (cached per shapes and size)."""
+        key = ("post", shapes, resize, normalize, tuple(size) if resize else None)
+        size = list(size) if resize else None
 
+        def build():
             def post(raw):
                 return self._finish("runner", list(raw), size, normalize)
 
-            spec = [tuple(tf.TensorSpec((None,) + s, tf.float32) for s in shapes)]
-            fn = self._compile(post, spec)
-            self._post_fns[key] = fn
-        return fn
+            return self._compile(post, [tuple(tf.TensorSpec((None,) + s, tf.float32) for s in shapes)])
 
-    def _run_runner(self, m: Method, xb, target, ab, resize, normalize, verbose):
-        ctx = RunContext(self, xb, target, ab, self.options, verbose)
+        return self.view.cached(key, build)
+
+    def _run_runner(self, m: Method, xb, target, ab, resize, normalize, verbose, options):
+        ctx = MethodContext(self.view, m, xb, target, ab, options[m.name], verbose)
         raw = m.fn(ctx)
         raw = list(raw) if isinstance(raw, (list, tuple)) else [raw]
         raw = tuple(tf.cast(r, tf.float32) for r in raw)
-        post = self._post_function(len(raw), tuple(tuple(r.shape[1:]) for r in raw), resize, normalize)
+        for r in raw:
+            if len(r.shape) - 1 != len(self.input_spatial_shape):
+                raise MethodError(
+                    f"Method {m.name!r} returned maps shaped {tuple(r.shape)}; expected (N, *S) with "
+                    f"{len(self.input_spatial_shape)} spatial axes like the input. Received: method={m.name!r}")
+        # the batch's own spatial size: variable-length inputs have None in the model's shape
+        main = self.view.main_input(xb)
+        first = 2 if self.data_format == "channels_first" else 1
+        size = tuple(int(main.shape[first + i]) for i in range(len(self.input_spatial_shape)))
+        post = self._post_function(tuple(tuple(r.shape[1:]) for r in raw), resize, normalize, size)
         return post(raw)
+
+    def method_context(self, method: str, images: Any, targets: TargetSpec = None) -> MethodContext:
+        """The ``MethodContext`` a runner method would get for ``images`` (one batch).
+
+        For writing and debugging your own methods (notebook 06): everything a method may
+        use is on it.
+        """
+        m = get_method(method)
+        options = self._check_methods((m,))
+        x = self._prepare_images(images)
+        n = len(x[0]) if isinstance(x, list) else x.shape[0]
+        target = as_target(targets)
+        target.validate(self._output_shape(), n)
+        arrays = target.arrays(n)
+        xb = [tf.convert_to_tensor(a) for a in x] if isinstance(x, list) else tf.convert_to_tensor(x)
+        return MethodContext(self.view, m, xb, target, tuple(tf.convert_to_tensor(a) for a in arrays),
+                             options[m.name], 0)
 
     # ------------------------------------------------------------------ public calls
     def explain(
@@ -608,14 +586,15 @@ class Explainer:
             and ``.scores``.
 
         Raises:
-            InputError, InputTypeError: bad images. TargetError: bad targets.
-            MethodError: unknown method.
+            InputError, InputTypeError: bad images or options. TargetError: bad targets.
+            MethodError: unknown method, or a method that cannot serve this model
+            configuration (raised before any work).
         """
         names = [self.method] if methods is None else ([methods] if isinstance(methods, str) else list(methods))
         if not names:
             raise MethodError(f"Expected at least one method. Received: methods={methods!r}")
         resolved = tuple(dict.fromkeys(get_method(n) for n in names))
-        self._check_method_ranks(resolved)
+        options = self._check_methods(resolved)
         x = self._prepare_images(images)
         n = len(x[0]) if isinstance(x, list) else x.shape[0]
         target = as_target(targets)
@@ -625,16 +604,18 @@ class Explainer:
         # the shared pass always runs: it gives predictions and scores, and every
         # cam/input method at the cost of one forward/backward pass
         in_step = tuple(m for m in resolved if m.kind != "runner")
-        step = self._get_step(in_step, target, resize, normalize, arrays)
+        step = self._get_step(in_step, target, resize, normalize, arrays, options)
         chunks: dict[str, list[np.ndarray]] = {m.name: [] for m in resolved}
         preds, scores = [], []
         for start, stop, xb in self._batches(x, n):
             ab = tuple(tf.convert_to_tensor(a[start:stop]) for a in arrays)
             maps, sc, pr = step(xb, ab)
+            maps = dict(maps)
             for m in runners:
-                maps[m.name] = self._run_runner(m, xb, target, ab, resize, normalize, verbose)
-            if self.aug_smooth:
-                maps = self._augmented(maps, step, runners, xb, target, ab, resize, normalize, verbose)
+                maps[m.name] = self._run_runner(m, xb, target, ab, resize, normalize, verbose, options)
+            if self.aug_smooth and runners:
+                maps.update(self._augmented_runners(maps, runners, xb, target, ab, resize, normalize, verbose,
+                                                    options))
             for name, m in maps.items():
                 chunks[name].append(m.numpy())
             scores.append(sc.numpy())
@@ -644,33 +625,24 @@ class Explainer:
         result.scores = np.concatenate(scores)
         return result
 
-    def _augmented(self, maps, step, runners, xb, target, ab, resize, normalize, verbose):
-        """aug_smooth: mean over flip x brightness {0.9, 1, 1.1} of the maps, flipped back."""
+    def _augmented_runners(self, maps, runners, xb, target, ab, resize, normalize, verbose, options):
+        """aug_smooth for runner methods: their own passes on each augmented input."""
         main = self._main_input(xb)
-        flip_axis = len(main.shape) - (3 if self.data_format == "channels_last" else 2) + 1
-        total = {k: tf.identity(v) for k, v in maps.items()}  # (no flip, factor 1) already done
-        for flip in (False, True):
-            for factor in (0.9, 1.0, 1.1):
-                if not flip and factor == 1.0:
-                    continue
-                aug = main * tf.cast(factor, main.dtype)
-                if flip:
-                    aug = tf.reverse(aug, axis=[flip_axis])
-                xa = [aug if i == self._input_index else t for i, t in enumerate(xb)] if isinstance(xb, list) else aug
-                got, _, _ = step(xa, ab)
-                for m in runners:
-                    got[m.name] = self._run_runner(m, xa, target, ab, resize, normalize, verbose)
-                for k, v in got.items():
-                    total[k] += tf.reverse(v, axis=[len(v.shape) - 1]) if flip else v
-        out = {k: v / 6.0 for k, v in total.items()}
-        return {k: maps_ops.normalize_maps(v) for k, v in out.items()} if normalize else out
+        total = {m.name: tf.identity(maps[m.name]) for m in runners}
+        for flip, aug in self._augmentations(main):
+            xa = [aug if i == self._input_index else t for i, t in enumerate(xb)] if isinstance(xb, list) else aug
+            for m in runners:
+                v = self._run_runner(m, xa, target, ab, resize, normalize, verbose, options)
+                total[m.name] += tf.reverse(v, axis=[len(v.shape) - 1]) if flip else v
+        return self._average_augmented(total, 6.0, normalize)
 
     def step_function(self, methods: Sequence[str], target: Target, arrays: tuple, *, resize: bool = True,
                       normalize: bool = True):
         """The compiled per-batch step ``(x, arrays) -> (maps, scores, predictions)`` (cached).
 
         What ``explain`` runs for every batch of in-step (cam/input) methods; exposed so that
-        ``tfcam.dataset`` can run it on each replica with ``strategy.run``.
+        ``tfcam.dataset`` can run it on each replica with ``strategy.run`` (``aug_smooth``
+        included).
         """
         resolved = tuple(dict.fromkeys(get_method(n) for n in methods))
         return self._get_step(resolved, target, resize, normalize, arrays)
@@ -711,3 +683,20 @@ class Explainer:
         return (f"Explainer(model={self.model.name!r}, layer={self.layer_names}, method={self.method!r}, "
                 f"score={self.score!r}{extra})")
 
+
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Option names must be read by some registered method (old spellings warn when read)."""
+    known: dict[str, str] = {}
+    old: dict[str, str] = {}
+    for m in REGISTRY.values():
+        for spec in m.option_specs:
+            known[spec.name] = spec.name
+            for d in spec.deprecated:
+                old[d] = spec.name
+    unknown = sorted(k for k in options if k not in known and k not in old)
+    if unknown:
+        raise InputError(
+            f"Unknown option(s) {unknown}. Options methods accept: {sorted(known)}. "
+            f"Received: {', '.join(f'{k}={options[k]!r}' for k in unknown)}"
+        )
+    return dict(options)

@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfcam.errors import InputError, InputTypeError, LayerError
-from tfcam.layers import LayerRef, LayerSpec, _as_functional, _Capture, _check_model, iter_layers
+from tfcam.graph import Rewrite, run_graph
+from tfcam.layers import LayerRef, LayerSpec, _check_model, iter_layers
 from tfcam.viz import colorize, grid
 
 __all__ = ["FeatureMaps", "Filters", "feature_maps", "filters", "maximize_activation"]
@@ -66,25 +67,40 @@ def _find(model: keras.Model, spec: LayerSpec | None) -> LayerRef | None:
     )
 
 
-def _layer_model(model: keras.Model, ref: LayerRef | None) -> keras.Model:
-    """inputs -> [layer output] or [logits of the first output] (built once per model/layer)."""
+class _LayerView:
+    """inputs -> a layer's output (or the logits of the first output), by ``tfcam.graph``:
+    the user's graph is interpreted, so no node is added to the user's layers."""
+
+    def __init__(self, model: keras.Model, ref: LayerRef | None):
+        self.model, self.ref = model, ref
+        if ref is None:
+            sym = model.outputs[0]
+        else:
+            nodes = ref.layer._inbound_nodes
+            sym = nodes[-1].outputs[0] if nodes else ref.layer.output
+            if nodes and len(nodes[-1].outputs) > 1:
+                raise LayerError(f"Layer {ref.path!r} has several outputs. Received: layer={ref.path!r}")
+        self.outputs = [sym]
+        self.rewrite = Rewrite(logits=True) if ref is None else Rewrite(capture=(ref.layer,))
+
+    def __call__(self, x, training: bool = False):
+        flat = list(x) if isinstance(x, (list, tuple)) else [x]
+        result = run_graph(self.model, flat, self.rewrite)
+        if self.ref is None:
+            return result.logits[0] if result.logits[0] is not None else result.outputs[0]
+        got = result.captured.get(id(self.ref.layer))
+        if not got:
+            raise LayerError(f"Layer {self.ref.path!r} is not on a path from the model's inputs to its "
+                             f"outputs. Received: layer={self.ref.path!r}")
+        return got[-1]
+
+
+def _layer_model(model: keras.Model, ref: LayerRef | None) -> _LayerView:
+    """inputs -> [layer output] or [logits of the first output] (one per model/layer)."""
     key = ("model", None if ref is None else id(ref.layer))
     store = _store(model)
     if key not in store:
-        fmodel = _as_functional(model)
-        inp = keras.Input(batch_shape=fmodel.inputs[0].shape, dtype=fmodel.inputs[0].dtype)
-        cap = _Capture([] if ref is None else [ref.layer], want_logits=ref is None)
-        outputs, captured, logits = cap.run(fmodel, inp)
-        if ref is None:
-            out = logits[0] if logits[0] is not None else outputs[0]
-        else:
-            if id(ref.layer) not in captured:
-                raise LayerError(f"Layer {ref.path!r} is not on a path from the model's inputs to its "
-                                 f"outputs. Received: layer={ref.path!r}")
-            out = captured[id(ref.layer)]
-            if isinstance(out, (list, tuple)):
-                raise LayerError(f"Layer {ref.path!r} has several outputs. Received: layer={ref.path!r}")
-        store[key] = keras.Model(inp, out, name=f"tfcam_view_{model.name}")
+        store[key] = _LayerView(model, ref)
     return store[key]
 
 

@@ -1,15 +1,9 @@
-"""Finding target layers (also inside nested models) and building the capture model.
+"""Finding target layers (also inside nested models), the default layer, token grids.
 
-The capture model maps the user's inputs to the activations of the target layers, the
-model outputs, and the pre-activation ("logit") of each output. It is built once per
-Explainer from the user's own layer objects: weights are shared, nothing is copied and
-no attribute of the user's model or layers is changed.
-
-Nested models (``keras.applications.X(include_top=False)`` used as a layer of an outer
-model) are handled by re-running the outer graph with ``keras.models.clone_model`` and an
-identity ``clone_function``; the nested model's call is replaced, in the *new* graph
-only, by a call of a multi-output view of it that also returns the captured tensors.
-This is why a layer inside a nested model does not raise "Graph disconnected".
+Layers are found by walking the model (``iter_layers``), nested models included, and
+addressed by ``"nested_model/layer"`` paths. Reading a layer's activations is
+``tfcam.graph``'s job: it interprets the model's own graph, so nothing here (or there)
+calls a user's layer on symbolic tensors or changes the user's model.
 """
 
 from __future__ import annotations
@@ -22,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import keras
+import numpy as np
 import tensorflow as tf
-from keras import ops
 
 from tfcam.errors import InputError, InputTypeError, LayerError, ModelError
+from tfcam.graph import is_model as _is_model
+from tfcam.graph import output_activation
 
 __all__ = [
     "LayerRef",
@@ -33,8 +29,9 @@ __all__ = [
     "spatial_layers",
     "resolve_layers",
     "default_layer",
-    "build_capture_model",
+    "logit_layers",
     "output_activation",
+    "grid_to_tokens",
     "input_dependencies",
     "tokens_to_grid",
 ]
@@ -63,10 +60,6 @@ class LayerRef:
     @property
     def name(self) -> str:
         return self.layer.name
-
-
-def _is_model(layer: Any) -> bool:
-    return isinstance(layer, keras.Model)
 
 
 def iter_layers(model: keras.Model, _prefix: str = "", _parents: tuple = ()) -> Iterator[LayerRef]:
@@ -354,199 +347,47 @@ def tokens_to_grid(tokens: Any, grid: Sequence[int] | None = None, class_token: 
 
 # --------------------------------------------------------------------------- logits
 
-_SQUASHING = {"softmax", "sigmoid", "log_softmax"}
 
+def logit_layers(model: keras.Model) -> list:
+    """Per model output, the layer whose pre-activation is the output's logit, or None.
 
-def output_activation(layer: keras.layers.Layer) -> str | None:
-    """Name of the squashing activation a layer ends with (softmax/sigmoid), or None."""
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    act = getattr(layer, "activation", None)
-    name = getattr(act, "__name__", None)
-    return name if name in _SQUASHING else None
-
-
-def _pre_activation_value(layer: keras.layers.Layer, x: Any):
-    """The pre-activation of a supported squashing layer on ``x`` (see ``_pre_activation``)."""
-    if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
-        return x
-    if isinstance(layer, keras.layers.Dense):
-        z = ops.matmul(x, ops.cast(layer.kernel, x.dtype))
-        if layer.use_bias:
-            z = z + ops.cast(layer.bias, x.dtype)
-        return z
-    z = layer.convolution_op(x, ops.cast(layer.kernel, x.dtype))
-    if getattr(layer, "use_bias", False):
-        bias = ops.cast(layer.bias, x.dtype)
-        if getattr(layer, "data_format", "channels_last") == "channels_first":
-            bias = ops.reshape(bias, (1, -1) + (1,) * (len(z.shape) - 2))
-        z = z + bias
-    return z
-
-
-class _PreActivation(keras.layers.Layer):
-    """Computes an output layer's pre-activation when the capture model *runs*.
-
-    Written as plain ops on a symbolic input, ``ops.cast(layer.kernel, ...)`` would run
-    eagerly while the functional graph is built and freeze the kernel's value at that
-    moment: an Explainer kept while the model trains (e.g. by a callback) would then
-    score with stale head weights. Inside ``call`` the variables are read on every run.
+    An output qualifies when its layer ends in softmax/sigmoid and ``tfcam.graph
+    .pre_activation`` can recompute the value before it (Dense, convolutions,
+    Activation/Softmax); nested output models are looked into. For other squashing
+    layers a warning says the activated output is explained instead.
     """
+    found = []
+    for t in model.outputs:
+        op, _, index = t._keras_history
+        while _is_model(op):
+            if isinstance(op, keras.Sequential):
+                op = op.layers[-1] if op.layers else None
+                continue
+            inner = op.outputs[index] if index < len(op.outputs) else op.outputs[0]
+            op, _, index = inner._keras_history
+        ok = op is not None and output_activation(op) is not None
+        if ok and not (isinstance(op, (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dense))
+                       or (getattr(op, "convolution_op", None) is not None and hasattr(op, "kernel"))):
+            logger.warning(
+                "Cannot recompute the pre-activation of output layer %r (%s); explaining its "
+                "activated output instead.", op.name, type(op).__name__)
+            ok = False
+        found.append(op if ok else None)
+    return found
 
-    def __init__(self, layer: keras.layers.Layer):
-        super().__init__(name=f"tfcam_pre_activation_{layer.name}", dtype=layer.dtype_policy)
-        self.source = layer  # the user's layer, shared (never modified)
 
-    def call(self, x):
-        return _pre_activation_value(self.source, x)
+def grid_to_tokens(grid: Any, like: Any) -> Any:
+    """The inverse of ``tokens_to_grid``: ``(N, h, w, D)`` back to ``like``'s ``(N, T, D)``.
 
-    def compute_output_shape(self, input_shape):
-        return self.source.compute_output_shape(input_shape)
-
-
-def _pre_activation(layer: keras.layers.Layer, args: tuple, kwargs: dict):
-    """The value a squashing output layer computes before its activation, or None.
-
-    Recomputed from the layer's own weights on its input, so the model is untouched.
+    Prefix tokens (class, distillation, registers) that the grid dropped are taken from
+    ``like`` (unchanged), so feeding the result back into the model changes only the
+    patch tokens.
     """
-    x = args[0] if args else next(iter(kwargs.values()))
-    if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
-        return x
-    supported = isinstance(layer, keras.layers.Dense) or (
-        getattr(layer, "convolution_op", None) is not None and hasattr(layer, "kernel"))
-    return _PreActivation(layer)(x) if supported else None
-
-
-# --------------------------------------------------------------------------- capture
-
-
-def _as_functional(model: keras.Model) -> keras.Model:
-    """A Functional view of a Sequential model, calling the user's own layers."""
-    if isinstance(model, keras.Sequential):
-        inp = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
-        x = inp
-        for layer in model.layers:
-            x = layer(x)
-        return keras.Model(inp, x, name=model.name)
-    return model
-
-
-def _contains(model: keras.Model, layer: keras.layers.Layer) -> bool:
-    return any(ref.layer is layer for ref in iter_layers(model))
-
-
-class _Capture:
-    """Rebuilds a model's graph from its own layers, capturing tensors on the way."""
-
-    def __init__(self, targets: Sequence[keras.layers.Layer], want_logits: bool):
-        self.targets = list(targets)
-        self.want_logits = want_logits
-
-    def run(self, model: keras.Model, inputs: Any) -> tuple[list, dict, list]:
-        """Runs ``model``'s graph on symbolic ``inputs``.
-
-        Returns:
-            (outputs, captured {id(layer): tensor}, logits per output or None).
-        """
-        model = _as_functional(model)
-        captured: dict[int, Any] = {}
-        out_ops = [t._keras_history.operation for t in model.outputs]
-        logits: dict[int, Any] = {}
-        targets = self.targets
-
-        def call_function(layer, *args, **kwargs):
-            is_output = any(layer is op for op in out_ops)
-            inner_targets = [t for t in targets if _is_model(layer) and _contains(layer, t)]
-            if _is_model(layer) and (inner_targets or (is_output and self.want_logits)):
-                sub_in = args[0] if args else next(iter(kwargs.values()))
-                sub = _Capture(inner_targets, self.want_logits and is_output)
-                out, cap, sub_logits = sub.run(layer, sub_in)
-                captured.update(cap)
-                result = out[0] if len(out) == 1 else out
-                if is_output and sub_logits and sub_logits[0] is not None:
-                    logits[id(layer)] = sub_logits[0]
-            else:
-                result = layer(*args, **kwargs)
-                if is_output and self.want_logits and output_activation(layer):
-                    pre = _pre_activation(layer, args, kwargs)
-                    if pre is None:
-                        logger.warning(
-                            "Cannot recompute the pre-activation of output layer %r (%s); "
-                            "explaining its activated output instead.",
-                            layer.name, type(layer).__name__,
-                        )
-                    else:
-                        logits[id(layer)] = pre
-            for t in targets:
-                if layer is t:
-                    captured[id(t)] = result
-            return result
-
-        if not hasattr(model, "_run_through_graph"):
-            raise ModelError(
-                "Only Functional and Sequential models (and models nested in them) expose "
-                f"a graph tfcam can read. Received: model={model.name!r} "
-                f"({type(model).__name__})"
-            )
-        clone = keras.models.clone_model(
-            model,
-            input_tensors=inputs,
-            clone_function=lambda layer: layer,  # share the user's layers and weights
-            call_function=call_function,
-        )
-        outputs = list(clone.outputs)
-        out_logits = [logits.get(id(op)) for op in out_ops]
-        return outputs, captured, out_logits
-
-
-@dataclass
-class CaptureModel:
-    """Inputs -> activations of the target layers, outputs, logits (or outputs)."""
-
-    model: keras.Model
-    n_layers: int
-    n_outputs: int
-    has_logits: tuple
-
-    def __call__(self, x) -> tuple[list, list, list]:
-        flat = self.model(x, training=False)
-        flat = list(flat) if isinstance(flat, (list, tuple)) else [flat]
-        acts = flat[: self.n_layers]
-        outs = flat[self.n_layers : self.n_layers + self.n_outputs]
-        logits = flat[self.n_layers + self.n_outputs :]
-        return acts, outs, logits
-
-
-def build_capture_model(
-    model: keras.Model, layers: Sequence[LayerRef], want_logits: bool = True
-) -> CaptureModel:
-    """Builds (once) the model inputs -> [activations..., outputs..., logits...]."""
-    _check_model(model)
-    fmodel = _as_functional(model)
-    inputs = [
-        keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"tfcam_in_{i}")
-        for i, t in enumerate(fmodel.inputs)
-    ]
-    struct = inputs[0] if len(inputs) == 1 and not isinstance(fmodel.input, (list, tuple, dict)) else inputs
-    if isinstance(fmodel.input, dict):
-        # model.inputs is flattened in sorted-key order, not the dict's insertion order
-        position = {id(t): i for i, t in enumerate(fmodel.inputs)}
-        struct = {k: inputs[position[id(t)]] for k, t in fmodel.input.items()}
-    cap = _Capture([r.layer for r in layers], want_logits)
-    outputs, captured, logits = cap.run(fmodel, struct)
-    acts = []
-    for ref in layers:
-        if id(ref.layer) not in captured:
-            raise LayerError(
-                f"Layer {ref.path!r} is not on a path from the model's inputs to its outputs, "
-                f"so it cannot be explained. Received: layer={ref.path!r}"
-            )
-        acts.append(captured[id(ref.layer)])
-    has_logits = tuple(lg is not None for lg in logits)
-    logit_tensors = [lg if lg is not None else out for lg, out in zip(logits, outputs)]
-    flat = acts + outputs + logit_tensors
-    cm = keras.Model(inputs if len(inputs) > 1 else inputs[0], flat, name=f"tfcam_capture_{model.name}")
-    return CaptureModel(cm, len(acts), len(outputs), has_logits)
+    t = int(like.shape[1])
+    flat = tf.reshape(grid, [-1, int(np.prod(grid.shape[1:-1])), grid.shape[-1]])
+    extra = t - int(flat.shape[1])
+    flat = tf.cast(flat, like.dtype)
+    return flat if extra == 0 else tf.concat([like[:, :extra], flat], axis=1)
 
 
 _PASS_THROUGH = (keras.layers.Dropout, keras.layers.Flatten, keras.layers.Identity)

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-__all__ = ["channel_weighted", "weighted_channel_sum", "normalize_maps", "resize_maps", "postprocess", "combine_layers"]
+__all__ = [
+    "principal_projection",
+    "channel_weighted", "weighted_channel_sum", "normalize_maps", "resize_maps", "postprocess", "combine_layers"]
 
 
 def channel_weighted(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
@@ -76,3 +78,42 @@ def combine_layers(per_layer: Sequence[tf.Tensor], normalize: bool) -> tf.Tensor
         return per_layer[0]
     mean = tf.add_n(list(per_layer)) / float(len(per_layer))
     return normalize_maps(mean) if normalize else mean
+
+
+def principal_projection(values: tf.Tensor) -> tf.Tensor:
+    """First principal component projection of ``(N, *S, C)`` values, per example.
+
+    Reshapes to ``(N, |S|, C)``, subtracts each channel's spatial mean, and projects onto
+    the first right singular vector, computed from the eigendecomposition of the smaller
+    Gram matrix (``X X^T`` or ``X^T X``; an SVD only when shapes are unknown). The sign,
+    arbitrary in a decomposition, is fixed so that the projection correlates positively
+    with the channel sum ``sum_k values_k``.
+    """
+    shape = tf.shape(values)
+    n, c = shape[0], shape[-1]
+    flat = tf.reshape(values, tf.stack([n, -1, c]))
+    centred = flat - tf.reduce_mean(flat, axis=1, keepdims=True)
+    p_static = 1
+    for d in values.shape[1:-1]:
+        p_static = None if d is None or p_static is None else p_static * d
+    c_static = values.shape[-1]
+    if p_static is not None and c_static is not None and p_static <= c_static:
+        # X v1 = s1 u1: the top eigenvector of the small |S| x |S| Gram matrix X X^T gives the
+        # projection without an SVD of X (7x7x2048 activations: a 49 x 49 eigenproblem).
+        evals, evecs = tf.linalg.eigh(tf.matmul(centred, centred, transpose_b=True))
+        proj = evecs[:, :, -1] * tf.sqrt(tf.maximum(evals[:, -1:], 0.0))
+    elif c_static is not None:
+        _, evecs = tf.linalg.eigh(tf.matmul(centred, centred, transpose_a=True))  # C x C
+        proj = tf.linalg.matvec(centred, evecs[:, :, -1])
+    else:
+        _, _, v = tf.linalg.svd(centred, full_matrices=False)
+        proj = tf.linalg.matvec(centred, v[:, :, 0])  # (N, |S|)
+    total = tf.reduce_sum(flat, axis=-1)
+    corr = tf.reduce_sum(
+        (proj - tf.reduce_mean(proj, 1, keepdims=True))
+        * (total - tf.reduce_mean(total, 1, keepdims=True)),
+        axis=1,
+        keepdims=True,
+    )
+    sign = tf.where(corr < 0, -1.0, 1.0)
+    return tf.reshape(proj * sign, shape[:-1])

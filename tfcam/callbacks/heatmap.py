@@ -387,7 +387,7 @@ class FeatureMapCallback(SummaryCallback):
         if self._x is None:
             self._x = first_batch(self.samples, self.max_images, len(self.model.inputs[0].shape))[0]
         self.explainer = Explainer(self.model, layer=self.layer, score="probability")
-        self._x = self.explainer._prepare_images(self._x)
+        self._x = self.explainer.prepare_inputs(self._x)
         acts = self.explainer.forward(tf.convert_to_tensor(self._x))[0][0]
         if len(acts.shape) != 4:
             raise LayerError(

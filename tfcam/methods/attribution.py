@@ -13,9 +13,9 @@ How they run:
   compiled function per Explainer (cached, built on the first call): it evaluates all
   noisy / interpolated copies of a batch as large batched forward+backward passes inside
   a ``tf.while_loop`` over chunks (``chunk_size`` model inputs per pass bounds memory).
-- ``guided_backprop`` / ``guided_gradcam`` re-run the user's graph from the user's own
-  layer objects (``keras.models.clone_model`` with an identity ``clone_function``) and,
-  in that new graph only, put a *guided gate* after every ReLU: an identity whose
+- ``guided_backprop`` / ``guided_gradcam`` re-run the user's graph with ``tfcam.graph``
+  (an interpreter of the model's own nodes: no node is added to the user's layers) and,
+  in that run only, put a *guided gate* after every ReLU: an identity whose
   gradient is ``ReLU(incoming gradient)``. The ReLU's own gradient already passes only
   where its input is positive, so gate + ReLU backpropagate
   ``g * 1[z > 0] * 1[g > 0]``: Springenberg et al.'s rule, with forward values identical
@@ -30,28 +30,25 @@ How they run:
 from __future__ import annotations
 
 import warnings
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfcam import maps as maps_ops
-from tfcam.errors import InputError, InputTypeError, MethodError
-from tfcam.layers import _as_functional, _is_model, _pre_activation, output_activation
+from tfcam.errors import InputError, MethodError
+from tfcam.graph import Rewrite
 from tfcam.methods.gradient import gradcam_weights
-from tfcam.methods.registry import Method, register
-from tfcam.targets import TargetSpec, as_target
+from tfcam.methods.registry import Method, Option, register
 
-if TYPE_CHECKING:  # pragma: no cover
-    from tfcam.engine import Explainer, RunContext
+if TYPE_CHECKING:  # pragma: no cover - methods see the context, never the engine
+    from tfcam.context import MethodContext, ModelView
 
 __all__ = [
-    "Attributions",
-    "attribute",
+    "pixel_function",
+    "is_guided_relu",
     "reduce_channels",
     "saliency_map",
     "integration_points",
@@ -65,22 +62,8 @@ REDUCTIONS: tuple[str, ...] = ("max_abs", "sum_abs", "mean_abs", "sum")
 #: Quadrature rules of Integrated Gradients (``integration=`` option).
 INTEGRATION_RULES: tuple[str, ...] = ("trapezoid", "right", "left", "midpoint")
 
-_DEFAULTS = {
-    "samples": 25,
-    "noise_level": 0.15,
-    "seed": 0,
-    "steps": 32,
-    "baseline": None,
-    "integration": "trapezoid",
-    "chunk_size": 256,
-}
 #: Relative completeness error of Integrated Gradients above which a warning suggests more steps.
 COMPLETENESS_WARNING = 0.1
-
-
-def _opt(options: dict, name: str) -> Any:
-    value = options.get(name)
-    return _DEFAULTS.get(name) if value is None else value
 
 
 # --------------------------------------------------------------------------- reductions
@@ -109,11 +92,8 @@ def reduce_channels(attributions: tf.Tensor, how: str = "max_abs") -> tf.Tensor:
     raise InputError(f"Expected input_reduction to be one of {REDUCTIONS}. Received: input_reduction={how!r}")
 
 
-def _reduction(options: dict, default: str) -> str:
-    how = options.get("input_reduction") or default
-    if how not in REDUCTIONS:
-        raise InputError(f"Expected input_reduction to be one of {REDUCTIONS}. Received: input_reduction={how!r}")
-    return how
+def _reduction(options, default: str) -> str:
+    return options.get("input_reduction") or default
 
 
 def saliency_map(x: tf.Tensor, dy_dx: tf.Tensor, scores: tf.Tensor, *, options: dict) -> tf.Tensor:
@@ -170,15 +150,8 @@ def integration_points(steps: int, rule: str = "trapezoid") -> tuple[np.ndarray,
     return alphas.astype(np.float32), weights.astype(np.float32)
 
 
-def _positive_int(options: dict, name: str) -> int:
-    value = _opt(options, name)
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise InputError(f"Expected {name} to be a positive integer. Received: {name}={value!r}")
-    return int(value)
-
-
-def _baseline(options: dict, image_shape: tuple) -> tf.Tensor:
-    value = _opt(options, "baseline")
+def _baseline(options, image_shape: tuple) -> tf.Tensor:
+    value = options["baseline"]
     if value is None or (isinstance(value, str) and value == "black"):
         return tf.zeros(image_shape, tf.float32)
     if isinstance(value, str):
@@ -194,21 +167,16 @@ def _baseline(options: dict, image_shape: tuple) -> tf.Tensor:
     return tf.constant(arr)
 
 
-# --------------------------------------------------------------------------- guided graph
+# --------------------------------------------------------------------------- guided gates
 
 
-class _GuidedGate(keras.layers.Layer):
-    """Identity whose gradient is ``ReLU(incoming gradient)`` (used in tfcam's graph only)."""
+@tf.custom_gradient
+def _guided_gate(t):
+    """Identity whose gradient is ``ReLU(incoming gradient)``."""
+    def grad(dy):
+        return tf.nn.relu(dy)
 
-    def call(self, x):
-        @tf.custom_gradient
-        def gate(t):
-            def grad(dy):
-                return tf.nn.relu(dy)
-
-            return tf.identity(t), grad
-
-        return gate(x)
+    return tf.identity(t), grad
 
 
 _ACTIVATED = (
@@ -237,109 +205,28 @@ def is_guided_relu(layer: keras.layers.Layer) -> bool:
     return False
 
 
-def _guided_run(model: keras.Model, inputs: Any, want_logits: bool, counter: list) -> tuple[list, list]:
-    """Re-runs ``model``'s graph from its own layers with guided gates after ReLUs."""
-    model = _as_functional(model)
-    out_ops = [t._keras_history.operation for t in model.outputs]
-    logits: dict[int, Any] = {}
-
-    def call_function(layer, *args, **kwargs):
-        is_output = any(layer is op for op in out_ops)
-        if _is_model(layer):
-            sub_in = args[0] if args else next(iter(kwargs.values()))
-            out, sub_logits = _guided_run(layer, sub_in, want_logits and is_output, counter)
-            if is_output and sub_logits and sub_logits[0] is not None:
-                logits[id(layer)] = sub_logits[0]
-            return out[0] if len(out) == 1 else out
-        result = layer(*args, **kwargs)
-        if is_output and want_logits and output_activation(layer):
-            pre = _pre_activation(layer, args, kwargs)
-            if pre is not None:
-                logits[id(layer)] = pre
-        if is_guided_relu(layer):
-            counter.append(layer.name)
-            result = _GuidedGate(name=f"tfcam_guided_gate_{len(counter)}", dtype=result.dtype,
-                                 autocast=False)(result)
-        return result
-
-    clone = keras.models.clone_model(
-        model, input_tensors=inputs, clone_function=lambda layer: layer, call_function=call_function
-    )
-    return list(clone.outputs), [logits.get(id(op)) for op in out_ops]
+def _gate(layer, output):
+    if is_guided_relu(layer) and not isinstance(output, (list, tuple, dict)):
+        return _guided_gate(output)
+    return None
 
 
-def _build_guided_model(explainer: Explainer) -> tuple[keras.Model, int]:
-    fmodel = _as_functional(explainer.model)
-    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"tfcam_guided_in_{i}")
-              for i, t in enumerate(fmodel.inputs)]
-    struct = inputs[0] if len(inputs) == 1 and not isinstance(fmodel.input, (list, tuple, dict)) else inputs
-    counter: list = []
-    outputs, logits = _guided_run(fmodel, struct, explainer.score == "logit", counter)
-    i = explainer._output_index
-    selected = logits[i] if (explainer.score == "logit" and logits[i] is not None) else outputs[i]
-    model = keras.Model(inputs if len(inputs) > 1 else inputs[0], selected,
-                        name=f"tfcam_guided_{explainer.model.name}")
-    return model, len(counter)
+GUIDED = Rewrite(after=_gate)
+
+
+def _count_relus(model: keras.Model) -> int:
+    from tfcam.layers import iter_layers
+
+    return sum(1 for ref in iter_layers(model) if is_guided_relu(ref.layer))
 
 
 # --------------------------------------------------------------------------- compiled core
-
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _cache(explainer: Explainer) -> dict:
-    store = _CACHE.get(explainer)
-    if store is None:
-        store = {}
-        _CACHE[explainer] = store
-    return store
-
-
-def _plain_forward(explainer: Explainer) -> Callable:
-    def forward(x):
-        _, outs, logits = explainer._capture(x)
-        return explainer._select(outs, logits)
-
-    return forward
-
-
-def _guided_forward(explainer: Explainer) -> Callable:
-    store = _cache(explainer)
-    if "guided_model" not in store:
-        model, n_gates = _build_guided_model(explainer)
-        if n_gates == 0:
-            warnings.warn(
-                f"Guided Backprop found no ReLU in model {explainer.model.name!r}; its gradients "
-                "equal plain gradients (other activations are not guided).", stacklevel=4)
-        store["guided_model"] = model
-    model = store["guided_model"]
-
-    def forward(x):
-        return tf.cast(model(x, training=False), tf.float32)
-
-    return forward
 
 
 def _score(target, selected, arrays, cls):
     if cls is not None:
         return tf.gather(selected, cls, axis=-1, batch_dims=1)
-    return target.score(selected, *arrays)
-
-
-def _tile(t: tf.Tensor, k) -> tf.Tensor:
-    return tf.tile(t, tf.concat([[k], tf.ones([tf.rank(t) - 1], tf.int32)], 0))
-
-
-def _grad(forward, target, x, arrays, cls):
-    """Gradients of the target score w.r.t. ``x`` and the scores."""
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(x)
-        scores = _score(target, forward(x), arrays, cls)
-    g = tape.gradient(scores, x)
-    if g is None:
-        raise MethodError("The target score does not depend on the model's input through a gradient "
-                          f"(e.g. integer inputs). Received: input dtype {x.dtype.name}")
-    return g, scores
+    return tf.cast(target.score(selected, *arrays), tf.float32)
 
 
 def _fixed_class(target, selected, arrays):
@@ -348,19 +235,49 @@ def _fixed_class(target, selected, arrays):
     return None if cls is None else tf.cast(cls, tf.int32)
 
 
-def _accumulate(forward, target, x, arrays, cls, make_inputs, weights, chunk_size: int):
+def _tile(t: tf.Tensor, k) -> tf.Tensor:
+    return tf.tile(t, tf.concat([[k], tf.ones([tf.rank(t) - 1], tf.int32)], 0))
+
+
+class _Pixel:
+    """Gradients of the target score w.r.t. the explained input, for any input structure.
+
+    ``image`` is the explained input in channels-last float32; ``index`` says which
+    example each row belongs to (the other inputs of a multi-input model are gathered).
+    """
+
+    def __init__(self, view: ModelView, x, rewrite: Rewrite | None = None):
+        self.view, self.x, self.rewrite = view, x, rewrite
+
+    def selected(self, image, index):
+        view = self.view
+        inputs = view.with_image(self.x, view.image_from_channels_last(image), index)
+        return view.run(inputs, self.rewrite).selected
+
+    def grad(self, target, image, index, arrays, cls):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(image)
+            scores = _score(target, self.selected(image, index), arrays, cls)
+        g = tape.gradient(scores, image)
+        if g is None:
+            raise MethodError("The target score does not depend on the model's input through a gradient "
+                              f"(e.g. integer inputs). Received: input dtype {self.view.input_dtype}")
+        return g, scores
+
+
+def _accumulate(px: _Pixel, target, x, arrays, cls, make_inputs, weights, chunk_size: int):
     """``sum_j weights[j] * dy/dx (make_inputs(j))`` over all copies, as batched passes.
 
-    ``make_inputs(idx)`` maps ``k`` copy indices to ``(k, N, *D)`` inputs. Copies are
-    evaluated ``k = clip(chunk_size // N, 1, n)`` per example at a time, i.e. passes of
-    ``k * N`` inputs in a ``tf.while_loop``; padding copies of the last chunk get weight 0.
+    ``make_inputs(idx)`` maps ``k`` copy indices to ``(k, N, *D)`` inputs (channels-last).
+    Copies are evaluated ``k = clip(chunk_size // N, 1, n)`` per example at a time, i.e.
+    passes of ``k * N`` inputs in a ``tf.while_loop``; padding copies of the last chunk get
+    weight 0.
     """
     n = tf.shape(weights)[0]
     batch = tf.shape(x)[0]
     k = tf.clip_by_value(chunk_size // tf.maximum(batch, 1), 1, n)
     chunks = (n + k - 1) // k
-    tiled_arrays = [a for a in arrays]
-    tiled_cls = cls
+    index = tf.tile(tf.range(batch), [k])  # copy-major rows: row r belongs to example r % N
 
     def body(i, acc):
         idx = i * k + tf.range(k)
@@ -368,9 +285,9 @@ def _accumulate(forward, target, x, arrays, cls, make_inputs, weights, chunk_siz
         idx = tf.minimum(idx, n - 1)
         pts = make_inputs(idx)  # (k, N, *D)
         flat = tf.reshape(pts, tf.concat([[-1], tf.shape(x)[1:]], 0))
-        arr = [_tile(a, k) for a in tiled_arrays]
-        c = None if tiled_cls is None else _tile(tiled_cls, k)
-        g, _ = _grad(forward, target, flat, arr, c)
+        arr = [_tile(a, k) for a in arrays]
+        c = None if cls is None else _tile(cls, k)
+        g, _ = px.grad(target, flat, index, arr, c)
         g = tf.reshape(g, tf.concat([[k], tf.shape(x)], 0))
         w = tf.where(valid, tf.gather(weights, idx), 0.0)
         return i + 1, acc + tf.tensordot(w, g, axes=1)
@@ -379,107 +296,116 @@ def _accumulate(forward, target, x, arrays, cls, make_inputs, weights, chunk_siz
     return total
 
 
-def _core(explainer: Explainer, name: str, target, arrays_spec_src: tuple) -> Callable:
-    """The compiled ``(x, arrays) -> (attributions, map, y(x), y(baseline))`` of a method (cached)."""
-    key = (name, target.trace_key, tuple((tuple(a.shape[1:]), a.dtype.name if hasattr(a.dtype, "name")
-                                          else str(a.dtype)) for a in arrays_spec_src))
-    store = _cache(explainer)
-    if key in store:
-        return store[key]
-    options = explainer.options
-    image_shape = tuple(int(d) for d in explainer.model.inputs[0].shape[1:])
-    chunk = _positive_int(options, "chunk_size")
-    plain = _plain_forward(explainer)
+def _noise_shape(view: ModelView) -> tuple:
+    """The explained input's shape, channels-last: noise drawn in it is layout-independent."""
+    shape = view.input_shape
+    return tuple(shape[1:]) + tuple(shape[:1]) if view.channels_first else tuple(shape)
 
-    if name == "saliency":
-        how = _reduction(options, "max_abs")
 
-        def fn(x, arrays):
-            x = tf.cast(x, tf.float32)
-            g, y = _grad(plain, target, x, arrays, None)
-            return g, reduce_channels(g, how), y, tf.zeros_like(y)
+def pixel_function(view: ModelView, name: str, target, arrays: tuple, options) -> Callable:
+    """The compiled ``(inputs, arrays) -> (attributions, map, y(x), y(baseline))`` of a
+    pixel-attribution method (cached per Explainer). Attributions are channels-last."""
+    key = ("pixel", name, target.trace_key,
+           tuple((tuple(a.shape[1:]), str(getattr(a.dtype, "name", a.dtype))) for a in arrays),
+           tuple(sorted((k, repr(v)) for k, v in options.items())))
 
-    elif name in ("guided_backprop", "guided_gradcam"):
-        guided = _guided_forward(explainer)
-        how = _reduction(options, "max_abs")
+    def build():
+        return view.compile(_pixel_fn(view, name, target, options), [view.input_spec(), view.arrays_spec(arrays)])
+
+    return view.cached(key, build)
+
+
+def _pixel_fn(view: ModelView, name: str, target, options) -> Callable:
+    image_shape = _noise_shape(view)
+    chunk = int(options.get("chunk_size") or 256)
+    how = _reduction(options, "sum" if name == "integrated_gradients" else "max_abs")
+
+    def clean(x):
+        image = view.image_to_channels_last(tf.cast(view.main_input(x), tf.float32))
+        return image, tf.range(tf.shape(image)[0])
+
+    if name in ("guided_backprop", "guided_gradcam"):
         with_cam = name == "guided_gradcam"
+        if _count_relus(view.model) == 0:
+            warnings.warn(
+                f"Guided Backprop found no ReLU in model {view.model.name!r}; its gradients "
+                "equal plain gradients (other activations are not guided).", stacklevel=6)
 
         def fn(x, arrays):
-            x = tf.cast(x, tf.float32)
-            g, y = _grad(guided, target, x, arrays, None)
+            image, index = clean(x)
+            g, y = _Pixel(view, x, GUIDED).grad(target, image, index, arrays, None)
             if with_cam:
-                g = g * _gradcam_at_input(explainer, target, x, arrays)[..., None]
+                g = g * _gradcam_at_input(view, target, x, arrays)[..., None]
             return g, reduce_channels(g, how), y, tf.zeros_like(y)
 
     elif name == "smoothgrad":
-        n = _positive_int(options, "samples")
-        level = float(_opt(options, "noise_level"))
-        if not np.isfinite(level) or level < 0:
-            raise InputError(f"Expected a non-negative noise_level. Received: noise_level={level!r}")
-        seed = int(_opt(options, "seed"))
-        how = _reduction(options, "max_abs")
+        n = int(options["n_samples"])
+        level = float(options["noise_level"])
+        seed = int(options["seed"])
         weights = tf.fill([n], 1.0 / n)
 
         def fn(x, arrays):
-            x = tf.cast(x, tf.float32)
+            image, index = clean(x)
+            px = _Pixel(view, x)
             noise = smoothgrad_noise(image_shape, n, seed)
-            axes = list(range(1, len(x.shape)))
-            sigma = level * (tf.reduce_max(x, axes, keepdims=True) - tf.reduce_min(x, axes, keepdims=True))
-            sel = plain(x)
+            axes = list(range(1, len(image.shape)))
+            sigma = level * (tf.reduce_max(image, axes, keepdims=True) - tf.reduce_min(image, axes, keepdims=True))
+            sel = px.selected(image, index)
             y = _score(target, sel, arrays, None)
             cls = _fixed_class(target, sel, arrays)
 
             def make(idx):
-                return x[None] + sigma[None] * tf.gather(noise, idx)[:, None]
+                return image[None] + sigma[None] * tf.gather(noise, idx)[:, None]
 
-            g = _accumulate(plain, target, x, arrays, cls, make, weights, chunk)
+            g = _accumulate(px, target, image, arrays, cls, make, weights, chunk)
             return g, reduce_channels(g, how), y, tf.zeros_like(y)
 
     elif name == "integrated_gradients":
-        alphas, w = integration_points(_positive_int(options, "steps"), _opt(options, "integration"))
-        base = _baseline(options, image_shape)
-        how = _reduction(options, "sum")
+        alphas, w = integration_points(int(options["steps"]), options["integration"])
+        base = _baseline(options, view.input_shape)  # the user's layout, as the user gave it
 
         def fn(x, arrays):
-            x = tf.cast(x, tf.float32)
-            b = tf.broadcast_to(base[None], tf.shape(x))
-            sel = plain(x)
+            image, index = clean(x)
+            px = _Pixel(view, x)
+            b = view.image_to_channels_last(tf.broadcast_to(base[None], tf.shape(view.main_input(x))))
+            sel = px.selected(image, index)
             y = _score(target, sel, arrays, None)
             cls = _fixed_class(target, sel, arrays)
-            y0 = _score(target, plain(b), arrays, cls)
+            y0 = _score(target, px.selected(b, index), arrays, cls)
             a = tf.constant(alphas)
-            delta = x - b
+            delta = image - b
 
             def make(idx):
-                al = tf.reshape(tf.gather(a, idx), [-1] + [1] * len(x.shape))
+                al = tf.reshape(tf.gather(a, idx), [-1] + [1] * len(image.shape))
                 return b[None] + al * delta[None]
 
-            avg = _accumulate(plain, target, x, arrays, cls, make, tf.constant(w), chunk)
+            avg = _accumulate(px, target, image, arrays, cls, make, tf.constant(w), chunk)
             attr = delta * avg
             return attr, reduce_channels(attr, how), y, y0
 
+    elif name == "saliency":
+        def fn(x, arrays):
+            image, index = clean(x)
+            g, y = _Pixel(view, x).grad(target, image, index, arrays, None)
+            return g, reduce_channels(g, how), y, tf.zeros_like(y)
+
     else:  # pragma: no cover - only registered names reach here
         raise MethodError(f"Not a pixel attribution method. Received: method={name!r}")
-
-    compiled = explainer._compile(fn, [explainer._x_spec(), explainer._arrays_spec(arrays_spec_src)])
-    store[key] = compiled
-    return compiled
+    return fn
 
 
-def _gradcam_at_input(explainer: Explainer, target, x, arrays) -> tf.Tensor:
+def _gradcam_at_input(view: ModelView, target, x, arrays) -> tf.Tensor:
     """Grad-CAM (normalized, at the input's size, layers averaged) from a plain pass."""
     with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(x)
-        acts, outs, logits = explainer._capture(x)
-        scores = target.score(explainer._select(outs, logits), *arrays)
-    grads = tape.gradient(scores, list(acts))
-    size = list(x.shape[1:-1])
+        tape.watch(view.main_input(x))
+        p = view.run(x)
+        scores = tf.cast(target.score(p.selected, *arrays), tf.float32)
+    grads = tape.gradient(scores, p.raw)
+    size = [int(s) for s in view.spatial_shape]
     per_layer = []
-    for li, (a, g) in enumerate(zip(acts, grads)):
-        a = explainer._channels_last(li, tf.cast(a, tf.float32))
-        g = tf.zeros_like(a) if g is None else explainer._channels_last(li, tf.cast(g, tf.float32))
-        w = gradcam_weights(a, g, scores)
-        m = maps_ops.weighted_channel_sum(a, w)
+    for li, (a, g) in enumerate(zip(p.acts, grads)):
+        g = tf.zeros_like(a) if g is None else view.to_map_layout(li, g)
+        m = maps_ops.weighted_channel_sum(a, gradcam_weights(a, g, scores))
         per_layer.append(maps_ops.postprocess(m, size, True))
     return maps_ops.combine_layers(per_layer, True)
 
@@ -488,16 +414,17 @@ def _gradcam_at_input(explainer: Explainer, target, x, arrays) -> tf.Tensor:
 
 
 def _runner(name: str, doc: str) -> Callable:
-    def run(ctx: RunContext) -> tf.Tensor:
-        fn = _core(ctx.explainer, name, ctx.target, tuple(np.asarray(a) for a in ctx.arrays))
-        return fn(ctx.x, tuple(ctx.arrays))[1]
+    def run(ctx: MethodContext) -> tf.Tensor:
+        fn = pixel_function(ctx.view, name, ctx.target, ctx.arrays, ctx.options)
+        return fn(ctx.inputs, ctx.arrays)[1]
 
     run.__name__ = f"{name}_runner"
     run.__doc__ = doc
     return run
 
 
-def _relative_error(values: np.ndarray, y: np.ndarray, y0: np.ndarray) -> np.ndarray:
+def relative_error(values: np.ndarray, y: np.ndarray, y0: np.ndarray) -> np.ndarray:
+    """``|sum attr - (y - y0)| / |y - y0|`` per example (Integrated Gradients' completeness)."""
     total = values.reshape(values.shape[0], -1).sum(axis=1)
     diff = y - y0
     return np.abs(total - diff) / np.maximum(np.abs(diff), 1e-12)
@@ -506,8 +433,9 @@ def _relative_error(values: np.ndarray, y: np.ndarray, y0: np.ndarray) -> np.nda
 smoothgrad_runner = _runner("smoothgrad", """SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825, eq. 4).
 
 ``mean_j dy/dx (x + sigma * eps_j)`` with ``sigma = noise_level * (max(x) - min(x))`` per
-example and ``eps = smoothgrad_noise(...)``; the map is ``max_c |.|`` (``input_reduction``).
-The target class of a top-class target is the clean input's, not each noisy copy's.
+example and ``eps = smoothgrad_noise(...)`` (drawn channels-last, so the map does not
+depend on the input's layout); the map is ``max_c |.|`` (``input_reduction``). The target
+class of a top-class target is the clean input's, not each noisy copy's.
 """)
 guided_backprop_runner = _runner("guided_backprop", """Guided Backprop (Springenberg et al. 2015, arXiv:1412.6806, eq. in Fig. 1).
 
@@ -519,144 +447,40 @@ Guided Backprop times the Grad-CAM map upsampled (bilinear) to the input, normal
 """)
 
 
-def integrated_gradients_runner(ctx: RunContext) -> tf.Tensor:
+def integrated_gradients_runner(ctx: MethodContext) -> tf.Tensor:
     """Integrated Gradients (Sundararajan et al. 2017, arXiv:1703.01365, eq. 1 and 3).
 
     ``(x - x') * sum_k w_k dy/dx(x' + alpha_k (x - x'))`` with the quadrature of
     ``integration_points``. Warns when the relative completeness error
     ``|sum attr - (y(x) - y(x'))| / |y(x) - y(x')|`` exceeds ``COMPLETENESS_WARNING``.
     """
-    fn = _core(ctx.explainer, "integrated_gradients", ctx.target, tuple(np.asarray(a) for a in ctx.arrays))
-    attr, m, y, y0 = fn(ctx.x, tuple(ctx.arrays))
-    rel = _relative_error(attr.numpy(), y.numpy(), y0.numpy())
+    fn = pixel_function(ctx.view, "integrated_gradients", ctx.target, ctx.arrays, ctx.options)
+    attr, m, y, y0 = fn(ctx.inputs, ctx.arrays)
+    rel = relative_error(attr.numpy(), y.numpy(), y0.numpy())
     if np.max(rel) > COMPLETENESS_WARNING:
         warnings.warn(
             f"Integrated Gradients: relative completeness error up to {float(np.max(rel)):.3f} "
-            f"(> {COMPLETENESS_WARNING}); increase steps= (now {_opt(ctx.options, 'steps')}).",
+            f"(> {COMPLETENESS_WARNING}); increase steps= (now {ctx.options['steps']}).",
             stacklevel=3)
     return m
 
 
-# --------------------------------------------------------------------------- public API
+_REDUCE = Option("input_reduction", None, "choice", choices=REDUCTIONS, optional=True,
+                 doc="channel reduction of the attributions")
+_CHUNK = Option("chunk_size", 256, "int>0", doc="model inputs per batched pass")
+_SG_OPTS = (Option("n_samples", 25, "int>0", deprecated=("samples",)), Option("noise_level", 0.15, "float>=0"),
+            Option("seed", 0, "int>=0"), _CHUNK, _REDUCE)
+_IG_OPTS = (Option("steps", 32, "int>0"), Option("baseline", None, "any"),
+            Option("integration", "trapezoid", "choice", choices=INTEGRATION_RULES), _CHUNK, _REDUCE)
 
-
-@dataclass
-class Attributions:
-    """Full signed attributions returned by ``tfcam.attribute``.
-
-    Attributes:
-        method: the method's name.
-        values: ``(N, *input_shape)`` float32 signed attributions (channels kept).
-        maps: ``(N, *spatial)`` the channel-reduced raw map (before ReLU/normalization).
-        scores: ``y(x)``, the explained score of each example, ``(N,)``.
-        baseline_scores: ``y(x')`` for Integrated Gradients (scored for the same class),
-            else None.
-    """
-
-    method: str
-    values: np.ndarray
-    maps: np.ndarray
-    scores: np.ndarray
-    baseline_scores: np.ndarray | None = None
-
-    @property
-    def completeness_error(self) -> np.ndarray:
-        """``sum(attributions) - (y(x) - y(x'))`` per example (Integrated Gradients only).
-
-        Raises:
-            MethodError: for methods other than Integrated Gradients.
-        """
-        if self.baseline_scores is None:
-            raise MethodError(f"Completeness is defined for integrated_gradients only. Received: method={self.method!r}")
-        total = self.values.reshape(self.values.shape[0], -1).sum(axis=1)
-        return total - (self.scores - self.baseline_scores)
-
-    @property
-    def relative_completeness_error(self) -> np.ndarray:
-        """``|completeness_error| / |y(x) - y(x')|`` per example."""
-        return _relative_error(self.values, self.scores, self.baseline_scores) if self.baseline_scores is not None \
-            else self.completeness_error
-
-    def __array__(self, dtype=None, copy=None):
-        return self.values if dtype is None else self.values.astype(dtype)
-
-
-_PIXEL_METHODS = ("saliency", "guided_backprop", "guided_gradcam", "smoothgrad", "integrated_gradients")
-
-
-def attribute(
-    explainer: Explainer,
-    images: Any,
-    targets: TargetSpec = None,
-    method: str | None = None,
-) -> Attributions:
-    """Full signed ``(N, H, W, channels)`` attributions of a pixel-space method.
-
-    Uses the Explainer's score convention, options (``samples``, ``noise_level``,
-    ``seed``, ``steps``, ``baseline``, ``integration``, ``chunk_size``) and compiled
-    functions (the same ones ``explainer(images)`` uses; nothing is rebuilt per call).
-
-    Args:
-        explainer: a ``tfcam.Explainer``.
-        images: ``(N, *input_shape)`` array or tensor.
-        targets: as for ``Explainer.explain``.
-        method: one of ``saliency`` (``dy/dx``), ``guided_backprop``, ``guided_gradcam``
-            (guided gradients times the normalized Grad-CAM map), ``smoothgrad`` (mean
-            noisy gradient), ``integrated_gradients``. Default: the Explainer's method.
-
-    Returns:
-        ``Attributions`` (``values``, ``maps``, ``scores``; for Integrated Gradients
-        also ``baseline_scores`` and ``completeness_error``).
-
-    Raises:
-        InputTypeError: ``explainer`` is not a ``tfcam.Explainer``.
-        MethodError: a method without pixel attributions.
-
-    Example:
-
-    >>> ex = tfcam.Explainer(model, method="integrated_gradients", steps=64)
-    >>> ig = tfcam.attribute(ex, images, targets=[3, 1])
-    >>> ig.values.shape, ig.completeness_error      # (2, H, W, 3), (2,) near 0
-    """
-    from tfcam.engine import Explainer
-    from tfcam.methods.registry import get_method
-
-    if not isinstance(explainer, Explainer):
-        raise InputTypeError(
-            "Expected a tfcam.Explainer (it holds the compiled functions and options), e.g. "
-            "tfcam.attribute(tfcam.Explainer(model, method='integrated_gradients'), images). "
-            f"Received: explainer of type {type(explainer).__name__}"
-        )
-    name = get_method(method or explainer.method).name
-    if name not in _PIXEL_METHODS:
-        raise MethodError(f"Expected a pixel attribution method {_PIXEL_METHODS}. Received: method={name!r}")
-    x = explainer._prepare_images(images)
-    n = x.shape[0]
-    target = as_target(targets)
-    target.validate(explainer._output_shape(), n)
-    arrays = target.arrays(n)
-    fn = _core(explainer, name, target, arrays)
-    parts: list[list[np.ndarray]] = [[], [], [], []]
-    for start in range(0, n, explainer.batch_size):
-        stop = min(start + explainer.batch_size, n)
-        out = fn(tf.convert_to_tensor(x[start:stop]), tuple(tf.convert_to_tensor(a[start:stop]) for a in arrays))
-        for p, o in zip(parts, out):
-            p.append(o.numpy())
-    values, maps, y, y0 = (np.concatenate(p).astype(np.float32, copy=False) for p in parts)
-    return Attributions(name, values, maps, y, y0 if name == "integrated_gradients" else None)
-
-
-_SG_OPTS = ("samples", "noise_level", "seed", "chunk_size", "input_reduction")
-_IG_OPTS = ("steps", "baseline", "integration", "chunk_size", "input_reduction")
-
-register(Method("saliency", saliency_map, kind="input", returns="map", options=("input_reduction",),
+register(Method("saliency", saliency_map, kind="input", returns="map", options=(_REDUCE,),
                 per_layer=False, paper="Simonyan et al. 2014, arXiv:1312.6034",
                 aliases=("vanilla_gradients", "gradients")))
 register(Method("guided_backprop", guided_backprop_runner, kind="runner", returns="map",
-                options=("input_reduction",), per_layer=False,
+                options=(_REDUCE,), per_layer=False,
                 paper="Springenberg et al. 2015, arXiv:1412.6806", aliases=("guidedbackpropagation",)))
 register(Method("guided_gradcam", guided_gradcam_runner, kind="runner", returns="map",
-                options=("input_reduction",), paper="Selvaraju et al. 2017, arXiv:1610.02391",
+                options=(_REDUCE,), paper="Selvaraju et al. 2017, arXiv:1610.02391",
                 aliases=("guided-grad-cam",)))
 register(Method("smoothgrad", smoothgrad_runner, kind="runner", returns="map", options=_SG_OPTS,
                 per_layer=False, paper="Smilkov et al. 2017, arXiv:1706.03825", aliases=("smooth_grad",)))

@@ -13,17 +13,19 @@ scaling. Batch normalization (inference mode) is affine, ``γ (x − μ)/√(σ�
 so its bias is ``β − μ γ / √(σ² + ε)``.
 
 How tfcam gets ``∇_{z_l} y`` without touching the model: the model's graph is re-run
-once (per Explainer) from the user's own layer objects with
-``keras.models.clone_model(..., clone_function=lambda l: l, call_function=...)``. For a
-conv / Dense layer with a fused activation (``Conv2D(activation="relu")``), the new graph
-computes the layer's linear part ``z`` from the layer's own weights and then
-``activation(z)`` itself, so ``z`` is a tensor of the graph whose gradient can be read;
-the user's layers are never modified. Nested models are descended into.
+through the method context (``ModelView.run``, an interpreter of the user's graph that
+adds no node to it, ``tfcam.graph``) with a ``Rewrite(call=..., after=...)``: for a conv /
+Dense layer with a fused activation (``Conv2D(activation="relu")``), the ``call`` rule
+computes the layer's linear part ``z`` from the layer's own weights and returns
+``activation(z)``, so ``z`` is a tensor of the traced function whose gradient can be
+read; layers with a linear activation and batch-norm layers (whose bias acts on their
+output) have their output recorded by the ``after`` rule. The user's layers are never
+modified and no layer is called on symbolic Keras tensors. Nested models are descended
+into.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import keras
@@ -32,20 +34,11 @@ from keras import ops
 
 from tfcam import maps as maps_ops
 from tfcam.errors import TargetError
-from tfcam.layers import (
-    PATH_SEP,
-    _as_functional,
-    _is_model,
-    _pre_activation,
-    input_dependencies,
-    iter_layers,
-    output_activation,
-)
+from tfcam.graph import Rewrite, is_model, pre_activation
+from tfcam.layers import input_dependencies, iter_layers
 from tfcam.methods.registry import Method, register
 
 __all__ = ["fullgrad", "full_gradients", "bias_layers", "effective_bias"]
-
-logger = logging.getLogger("tfcam")
 
 _CONV_TRANSPOSE = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
@@ -93,7 +86,7 @@ def _linear_part(layer, x):
     """The layer's output before its activation, from its own weights (None if unknown)."""
     k = ops.cast
     if isinstance(layer, keras.layers.Dense):
-        return _pre_activation(layer, (x,), {})
+        return pre_activation(layer, x)
     if isinstance(layer, _CONV_TRANSPOSE):
         z = ops.conv_transpose(x, k(layer.kernel, x.dtype), strides=list(layer.strides), padding=layer.padding,
                                output_padding=layer.output_padding, dilation_rate=layer.dilation_rate,
@@ -119,23 +112,6 @@ def _linear_part(layer, x):
     return z + ops.reshape(k(layer.bias, z.dtype), shape)
 
 
-class _LinearPart(keras.layers.Layer):
-    """tfcam's own layer computing a user layer's pre-activation output in the rebuilt graph.
-
-    Running the ops inside a layer call (on concrete tensors) rather than as symbolic
-    operations of the graph also sidesteps a Keras 3 bug in the symbolic
-    ``ConvTranspose`` operation (it passes ``padding`` and ``output_padding`` swapped).
-    The user's layer is reached through a closure, so it is not tracked as a sub-layer.
-    """
-
-    def __init__(self, layer, **kwargs):
-        super().__init__(name=f"tfcam_pre_{layer.name}", dtype=layer.dtype_policy, **kwargs)
-        self._fn = lambda x: _linear_part(layer, x)
-
-    def call(self, x):
-        return self._fn(x)
-
-
 def _is_linear(activation) -> bool:
     return activation is None or getattr(activation, "__name__", "") == "linear"
 
@@ -145,109 +121,105 @@ def bias_layers(model: keras.Model) -> list[str]:
     return [r.path for r in iter_layers(model) if _has_bias(r.layer) and not isinstance(r.layer, keras.layers.Dense)]
 
 
-class _Rebuild:
-    """Re-runs a model's graph from its own layers, capturing each bias layer's output
-    before its activation (``z_l``) and the pre-activation of squashing outputs."""
+class _Terms:
+    """The bias terms of one traced pass: every call of a layer with a bias, and its ``z``.
+
+    ``call`` and ``after`` are the ``tfcam.graph.Rewrite`` rules that record them; they
+    run while the compiled function is traced, on the traced tensors.
+    """
 
     def __init__(self):
-        self.terms: list[tuple[str, Any, Any]] = []  # (path, layer, z)
+        self.layers: list = []
+        self.zs: list = []
+        self.in_map: list[bool] = []
 
-    def run(self, model, inputs, prefix: str, want_logits: bool):
-        model = _as_functional(model)
-        out_ops = [t._keras_history.operation for t in model.outputs]
-        logits: dict[int, Any] = {}
+    def call(self, layer, args: tuple, kwargs: dict):
+        """conv / Dense with a fused activation: ``z`` from the layer's own weights, then
+        ``activation(z)`` (None: the layer runs its own call)."""
+        if not _has_bias(layer) or _is_linear(getattr(layer, "activation", None)):
+            return None
+        x = args[0] if args else next(iter(kwargs.values()))
+        if x.dtype.is_floating:
+            x = tf.cast(x, layer.compute_dtype)  # as the layer's own call autocasts
+        z = _linear_part(layer, x)
+        if z is None:
+            return None
+        self.layers.append(layer)
+        self.zs.append(z)
+        return layer.activation(z)
 
-        def call_function(layer, *args, **kwargs):
-            is_output = any(layer is op for op in out_ops)
-            if _is_model(layer) and hasattr(layer, "_run_through_graph"):
-                sub_in = args[0] if args else next(iter(kwargs.values()))
-                outs, sub_logits = self.run(layer, sub_in, prefix + layer.name + PATH_SEP, want_logits and is_output)
-                if is_output and sub_logits and sub_logits[0] is not None:
-                    logits[id(layer)] = sub_logits[0]
-                return outs[0] if len(outs) == 1 else outs
-            if _is_model(layer):
-                logger.info("FullGrad: %r has no graph to descend into; its inner biases are skipped.", layer.name)
-            pre = None
-            if _has_bias(layer) and not _is_linear(getattr(layer, "activation", None)):
-                x = args[0] if args else next(iter(kwargs.values()))
-                pre = _LinearPart(layer)(x)  # conv / Dense: the types _has_bias accepts
-                result = layer.activation(pre)
-                self.terms.append((prefix + layer.name, layer, pre))
-            else:
-                result = layer(*args, **kwargs)
-                if _has_bias(layer):
-                    pre = result
-                    self.terms.append((prefix + layer.name, layer, result))
-            if is_output and want_logits and output_activation(layer):
-                if pre is None:
-                    pre = _pre_activation(layer, args, kwargs)
-                if pre is not None:
-                    logits[id(layer)] = pre
-            return result
+    def after(self, layer, output):
+        """Layers with a bias and no activation (batch norm: its bias acts on its output):
+        the output is ``z``."""
+        if _has_bias(layer) and _is_linear(getattr(layer, "activation", None)):
+            self.layers.append(layer)
+            self.zs.append(output)
+        return None
 
-        clone = keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer,
-                                         call_function=call_function)
-        return list(clone.outputs), [logits.get(id(op)) for op in out_ops]
-
-
-class _FullGradModel:
-    """inputs -> [outputs..., logits..., z_1..z_L], plus which ``z`` enter the map."""
-
-    def __init__(self, explainer):
-        model = explainer.model
-        fmodel = _as_functional(model)
-        inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"tfcam_fg_in_{i}")
-                  for i, t in enumerate(fmodel.inputs)]
-        struct: Any = inputs[0] if len(inputs) == 1 and not isinstance(fmodel.input, (list, tuple, dict)) else inputs
-        if isinstance(fmodel.input, dict):
-            position = {id(t): i for i, t in enumerate(fmodel.inputs)}
-            struct = {k: inputs[position[id(t)]] for k, t in fmodel.input.items()}
-        rb = _Rebuild()
-        outputs, logits = rb.run(fmodel, struct, "", explainer.score == "logit")
-        self.paths = [p for p, _, _ in rb.terms]
-        self.layers = [layer for _, layer, _ in rb.terms]
-        in_rank = len(model.inputs[explainer.input_index].shape)
-        deps_ok = self._deps(explainer)
+    def finish(self, in_rank: int, deps_ok) -> _Terms:
         # the map: conv and batch-norm terms with the explained input's rank
-        self.in_map = [isinstance(layer, _ALL_CONV + _BN) and len(z.shape) == in_rank and deps_ok(path)
-                       for path, layer, z in rb.terms]
-        self.n_out = len(outputs)
-        logit_tensors = [lg if lg is not None else o for lg, o in zip(logits, outputs)]
-        flat = outputs + logit_tensors + [z for _, _, z in rb.terms]
-        self.model = keras.Model(inputs if len(inputs) > 1 else inputs[0], flat, name="tfcam_fullgrad")
-
-    @staticmethod
-    def _deps(explainer):
-        model = explainer.model
-        if len(model.inputs) == 1:
-            return lambda path: True
-        refs = {r.path: r for r in iter_layers(model)}
-        return lambda path: explainer.input_index in input_dependencies(model, refs[path]) if path in refs else True
-
-    def __call__(self, x):
-        flat = self.model(x, training=False)
-        flat = list(flat) if isinstance(flat, (list, tuple)) else [flat]
-        n = self.n_out
-        return flat[:n], flat[n:2 * n], flat[2 * n:]
+        self.in_map = [isinstance(layer, _ALL_CONV + _BN) and len(z.shape) == in_rank and deps_ok(layer)
+                       for layer, z in zip(self.layers, self.zs)]
+        return self
 
 
-def _build(explainer, target, arrays):
-    fg = explainer.cached(("fullgrad_model",), lambda: _FullGradModel(explainer))
+def _deps(view):
+    """``layer -> bool``: is the layer computed from the explained input (multi-input models)."""
+    if not view.multi_input:
+        return lambda layer: True
+    refs = {}
+    for r in iter_layers(view.model):
+        refs.setdefault(id(r.layer), r)
+    ok = {key: view.input_index in input_dependencies(view.model, r) for key, r in refs.items()}
+    return lambda layer: ok.get(id(layer), True)
+
+
+def _output_layer(model: keras.Model, index: int):
+    """The layer that computes ``model.outputs[index]`` (inside nested models)."""
+    t = model.outputs[index]
+    op = t._keras_history.operation
+    while is_model(op):
+        t = op.outputs[t._keras_history.tensor_index]
+        op = t._keras_history.operation
+    return op
+
+
+def _size(view, xi: tf.Tensor) -> list:
+    """The explained input's spatial size; run-time values for variable-length axes."""
+    return [tf.shape(xi)[1 + i] if s is None else int(s) for i, s in enumerate(view.spatial_shape)]
+
+
+def _build(view, target, arrays):
+    in_rank = len(view.input_shape) + 1
+    deps_ok = _deps(view)
+    out_layer = _output_layer(view.model, view.output_index)
 
     def fn(x, target_arrays):
-        x_main = explainer._main_input(x)
+        x_main = view.main_input(x)
+        fg = _Terms()
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(x_main)
-            outs, logits, zs = fg(x)
-            selected = explainer._select(outs, logits)
-            scores = tf.cast(target.score(selected, *target_arrays), tf.float32)
-        grads = tape.gradient(scores, [x_main] + list(zs))
+            p = view.run(x, Rewrite(call=fg.call, after=fg.after))
+            scores = tf.cast(target.score(p.selected, *target_arrays), tf.float32)
+        fg.finish(in_rank, deps_ok)
+        zs = fg.zs
+        logit = [p.logits[view.output_index]] if view.uses_logits else []
+        grads = tape.gradient(scores, [x_main] + list(zs) + logit)
+        if logit and grads[-1] is not None:
+            # a squashing output layer: the score is its pre-activation as the graph
+            # recomputes it, the same value as this layer's z, so d y / d z is its gradient
+            for i in reversed(range(len(zs))):
+                if fg.layers[i] is out_layer:
+                    if grads[1 + i] is None:
+                        grads[1 + i] = grads[-1]
+                    break
+        grads = grads[:1 + len(zs)]
         dx = grads[0]
         if dx is None:
             raise TargetError("The target score does not depend on the explained input (its gradient is None).")
-        xi = explainer._input_channels_last(tf.cast(x_main, tf.float32))
-        signed_in = xi * explainer._input_channels_last(tf.cast(dx, tf.float32))
-        size = explainer._resize_target(x_main)
+        xi = view.image_to_channels_last(tf.cast(x_main, tf.float32))
+        signed_in = xi * view.image_to_channels_last(tf.cast(dx, tf.float32))
+        size = _size(view, xi)
         total = maps_ops.normalize_maps(tf.reduce_sum(tf.abs(signed_in), axis=-1))
         bias_sum = tf.zeros_like(scores)
         for layer, z, g, in_map in zip(fg.layers, zs, grads[1:], fg.in_map):
@@ -264,10 +236,10 @@ def _build(explainer, target, arrays):
                 total += maps_ops.normalize_maps(maps_ops.resize_maps(m, size))
         return total, scores, tf.reduce_sum(signed_in, axis=list(range(1, len(signed_in.shape)))), bias_sum
 
-    return explainer._compile(fn, [explainer._x_spec(), explainer._arrays_spec(arrays)])
+    return view.compile(fn, [view.input_spec(), view.arrays_spec(arrays)])
 
 
-def full_gradients(explainer, x: Any, target, arrays: tuple) -> tuple[tf.Tensor, ...]:
+def full_gradients(view_or_explainer, x: Any, target, arrays: tuple) -> tuple[tf.Tensor, ...]:
     """One forward + backward pass: ``(map, scores, input_sum, bias_sum)`` for a batch.
 
     ``map`` is the FullGrad saliency ``(N, *input_spatial)`` (before the engine's final
@@ -278,12 +250,14 @@ def full_gradients(explainer, x: Any, target, arrays: tuple) -> tuple[tf.Tensor,
     2019, eq. 2).
 
     Args:
-        explainer: a ``tfcam.Explainer`` (its score convention and output are used).
+        view_or_explainer: a ``tfcam.Explainer`` or its ``ModelView`` (its score
+            convention and output are used).
         x: the input batch as the engine passes it (a tensor, or a list for multi-input).
         target: a ``tfcam.targets.Target``; ``arrays``: its per-example tensors.
     """
-    key = ("fullgrad", target.trace_key, tuple((tuple(a.shape[1:]), a.dtype) for a in arrays))
-    return explainer.cached(key, lambda: _build(explainer, target, arrays))(x, tuple(arrays))
+    view = getattr(view_or_explainer, "view", view_or_explainer)
+    key = ("fullgrad", target.trace_key, tuple((tuple(a.shape[1:]), str(a.dtype)) for a in arrays))
+    return view.cached(key, lambda: _build(view, target, arrays))(x, tuple(arrays))
 
 
 def fullgrad(ctx) -> tf.Tensor:
@@ -301,16 +275,16 @@ def fullgrad(ctx) -> tf.Tensor:
     channel separately; tfcam follows methods.md (sum of ``|·|`` over channels, then
     scale), so every layer's term weighs the same in the sum.
 
-    Cost: one forward and one backward pass per batch (the rebuilt graph and its
-    compiled function are built once per Explainer).
+    Cost: one forward and one backward pass per batch (the compiled function is built
+    once per Explainer and target kind).
 
     Args:
-        ctx: the engine's ``RunContext`` for one batch.
+        ctx: the ``tfcam.context.MethodContext`` of one batch.
 
     Returns:
         A raw ``(N, *input_spatial)`` map.
     """
-    return full_gradients(ctx.explainer, ctx.x, ctx.target, ctx.arrays)[0]
+    return full_gradients(ctx.view, ctx.inputs, ctx.target, ctx.arrays)[0]
 
 
 register(Method("fullgrad", fullgrad, kind="runner", per_layer=False, aliases=("full-grad",),

@@ -9,11 +9,20 @@ pass per (example, channel) pair. tfcam makes that cost as small as it can be:
   into *chunks* of ``perturbation_batch_size`` pairs; each chunk is one call of a compiled
   function that builds its perturbed inputs, runs the network and scores them, so there
   is no Python loop over channels or images, and no host round trip, in the hot path;
-- the compiled functions (and, for Ablation-CAM, the sub-model after the layer) are built
-  once per Explainer and reused for every batch and every class;
+- the compiled functions (and, for Ablation-CAM, the part of the network after the layer)
+  are built once per Explainer (``MethodContext.cached``) and reused for every batch and
+  every class;
 - a ``keras.utils.Progbar`` counts chunks (``verbose=0`` hides it); Ctrl-C stops between
   chunks and leaves nothing half-built behind (caches are filled only after a build
   succeeds, and partial results are dropped).
+
+Everything goes through the method context (``tfcam.context``): perturbed copies of an
+example are built on the explained input in channels-last layout and converted back to
+the user's layout, and the model's inputs are rebuilt around them (``with_image``), so
+``channels_first`` inputs and multi-input (list or dict) models work; the network runs
+through ``ModelView.run`` (``tfcam.graph``), which never adds a node to the user's model.
+Ablation-CAM zeroes channels of the layer's *raw* output along its channel axis
+(``channels_first`` layers, transformer tokens under ``reshape=``).
 
 Options (``tfcam.Explainer(..., top_k=..., perturbation_batch_size=...)``):
 
@@ -21,8 +30,9 @@ Options (``tfcam.Explainer(..., top_k=..., perturbation_batch_size=...)``):
 - ``top_k`` (default None = every channel): Faster Score-CAM (Wang et al. 2020) — only
   the ``K`` channels with the largest spatial variance of ``A_k`` are scored, the others
   get weight 0. SS-CAM, IS-CAM and Ablation-CAM accept it too.
-- ``n_samples`` (SS-CAM, IS-CAM; default 10), ``noise_std`` (SS-CAM; default 0.2),
-  ``seed`` (SS-CAM, RISE; default 0).
+- ``n_samples`` (SS-CAM; default 10), ``noise_level`` (SS-CAM; default 0.2; formerly
+  ``noise_std``), ``steps`` (IS-CAM; default 10; formerly ``n_samples``), ``seed``
+  (SS-CAM, RISE; default 0).
 - ``patch_size``, ``stride``, ``baseline`` (Occlusion); ``n_masks``, ``mask_grid``,
   ``keep_prob`` (RISE).
 
@@ -35,17 +45,16 @@ perturbed copy is scored for the same class.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import ops
 
 from tfcam import maps as maps_ops
 from tfcam.errors import InputError, MethodError, TargetError
-from tfcam.layers import _as_functional, _contains, _is_model, _pre_activation, output_activation
-from tfcam.methods.registry import Method, register
+from tfcam.graph import Rewrite
+from tfcam.methods.registry import Method, Option, register
 from tfcam.targets import ClassTarget, SegmentationTarget
 
 __all__ = [
@@ -65,7 +74,6 @@ __all__ = [
 ]
 
 DEFAULT_PERTURBATION_BATCH_SIZE = 64
-_CACHE_ATTR = "_tfcam_perturbation_cache"
 
 
 # --------------------------------------------------------------------------- pure maths
@@ -117,11 +125,6 @@ def _scatter(values: tf.Tensor, channels: tf.Tensor, n_channels: int) -> tf.Tens
     return tf.scatter_nd(idx, values, tf.stack([n, n_channels]))
 
 
-def _weighted_map(acts: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-    w = tf.reshape(weights, [-1] + [1] * (len(acts.shape) - 2) + [acts.shape[-1]])
-    return tf.reduce_sum(acts * w, axis=-1)
-
-
 def _channel_table(acts: tf.Tensor, top_k: int | None) -> tf.Tensor:
     """``(N, K)`` channels to perturb: all, or the top-K by spatial variance of ``A_k``."""
     c = acts.shape[-1]
@@ -132,179 +135,23 @@ def _channel_table(acts: tf.Tensor, top_k: int | None) -> tf.Tensor:
     return tf.math.top_k(var, k=top_k, sorted=True).indices
 
 
-# --------------------------------------------------------------------------- graph surgery
+# --------------------------------------------------------------------------- the model, through the context
 
 
-def _rebuild(model: keras.Model, inputs: Any, layer: keras.layers.Layer, replace, want_logits: bool):
-    """Re-runs ``model``'s graph from its own layers with ``layer``'s output replaced.
+def _view(view_or_explainer):
+    """A ``ModelView`` from itself or from an Explainer (its ``view``)."""
+    return getattr(view_or_explainer, "view", view_or_explainer)
 
-    ``replace(layer_output_symbolic) -> tensor``. Descends into nested models. Returns
-    ``(outputs, logits per output or None)``. Nothing of the user's model is changed.
+
+def cuts_graph(view_or_explainer, li: int = 0) -> bool:
+    """True when every path from the model's inputs to its outputs goes through the
+    ``li``-th target layer (Ablation-CAM then runs only the part of the network after it).
+
+    Args:
+        view_or_explainer: a ``tfcam.Explainer`` or its ``ModelView``.
+        li: index of the target layer.
     """
-    model = _as_functional(model)
-    out_ops = [t._keras_history.operation for t in model.outputs]
-    logits: dict[int, Any] = {}
-
-    def call_function(op, *args, **kwargs):
-        is_output = any(op is o for o in out_ops)
-        if op is layer:
-            result = replace(op(*args, **kwargs))
-        elif _is_model(op) and (_contains(op, layer) or (is_output and want_logits)):
-            sub_in = args[0] if args else next(iter(kwargs.values()))
-            outs, sub_logits = _rebuild(op, sub_in, layer, replace, want_logits and is_output)
-            result = outs[0] if len(outs) == 1 else outs
-            if is_output and sub_logits and sub_logits[0] is not None:
-                logits[id(op)] = sub_logits[0]
-        else:
-            result = op(*args, **kwargs)
-            if is_output and want_logits and output_activation(op):
-                pre = _pre_activation(op, args, kwargs)
-                if pre is not None:
-                    logits[id(op)] = pre
-        return result
-
-    outputs = model._run_through_graph(inputs, operation_fn=lambda op: op, call_fn=call_function)
-    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-    return outputs, [logits.get(id(op)) for op in out_ops]
-
-
-def _fresh_inputs(model: keras.Model):
-    fmodel = _as_functional(model)
-    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype) for t in fmodel.inputs]
-    return inputs, (inputs[0] if len(inputs) == 1 else inputs)
-
-
-def _channels_first(layer) -> bool:
-    return getattr(layer, "data_format", None) == "channels_first"
-
-
-def _selected(explainer, outputs, logits):
-    i = explainer._output_index
-    if explainer.score == "logit" and logits[i] is not None:
-        return logits[i]
-    return outputs[i]
-
-
-def _tail_model(explainer, li: int) -> keras.Model | None:
-    """``activations (channels-last, float32) -> selected output`` when the layer cuts the
-    graph (every path from the inputs to the explained output goes through it), else None."""
-    layer = explainer._layers[li].layer
-    holder: dict[str, Any] = {}
-
-    def replace(orig):
-        shape = tuple(orig.shape[1:])
-        if _channels_first(layer):
-            shape = shape[1:] + shape[:1]
-        a_in = keras.Input(shape=shape, dtype="float32", name="tfcam_activations")
-        holder["a_in"] = a_in
-        val = a_in
-        if _channels_first(layer):
-            rank = len(shape) + 1
-            val = ops.transpose(val, [0, rank - 1] + list(range(1, rank - 1)))
-        return ops.cast(val, orig.dtype)
-
-    _, struct = _fresh_inputs(explainer.model)
-    outputs, logits = _rebuild(explainer.model, struct, layer, replace, explainer.score == "logit")
-    try:
-        return keras.Model(holder["a_in"], _selected(explainer, outputs, logits), name="tfcam_tail")
-    except ValueError:  # "Graph disconnected": some path bypasses the layer
-        return None
-
-
-def _substitution_model(explainer, li: int) -> keras.Model:
-    """``[inputs, keep (C,)] -> selected output`` with the layer's output multiplied by
-    ``keep`` along its channel axis (full forward passes; any topology)."""
-    layer = explainer._layers[li].layer
-    keep_holder: dict[str, Any] = {}
-
-    def replace(orig):
-        ch = orig.shape[1] if _channels_first(layer) else orig.shape[-1]
-        keep = keras.Input(shape=(ch,), dtype="float32", name="tfcam_keep")
-        keep_holder["keep"] = keep
-        rank = len(orig.shape)
-        shape = (-1, ch) + (1,) * (rank - 2) if _channels_first(layer) else (-1,) + (1,) * (rank - 2) + (ch,)
-        return orig * ops.cast(ops.reshape(keep, shape), orig.dtype)
-
-    inputs, struct = _fresh_inputs(explainer.model)
-    outputs, logits = _rebuild(explainer.model, struct, layer, replace, explainer.score == "logit")
-    return keras.Model(inputs + [keep_holder["keep"]], _selected(explainer, outputs, logits),
-                       name="tfcam_substituted")
-
-
-def cuts_graph(explainer, layer_index: int = 0) -> bool:
-    """True when every path from the model's inputs to the explained output goes through
-    the Explainer's ``layer_index``-th target layer (Ablation-CAM then runs only the part
-    of the network after it)."""
-    return _state(explainer).tail(layer_index) is not None
-
-
-# --------------------------------------------------------------------------- per-explainer state
-
-
-class _State:
-    """Compiled chunk functions and sub-models of one Explainer (built once, reused)."""
-
-    def __init__(self, explainer):
-        self.explainer = explainer
-        self.fns: dict[Any, Any] = {}
-        self.tails: dict[int, Any] = {}
-        self.substituted: dict[int, Any] = {}
-
-    def tail(self, li: int):
-        if li not in self.tails:
-            model = _tail_model(self.explainer, li)
-            self.tails[li] = model
-        return self.tails[li]
-
-    def substituted_model(self, li: int):
-        if li not in self.substituted:
-            model = _substitution_model(self.explainer, li)
-            self.substituted[li] = model
-        return self.substituted[li]
-
-
-def _state(explainer) -> _State:
-    state = explainer.__dict__.get(_CACHE_ATTR)
-    if state is None:
-        state = _State(explainer)
-        setattr(explainer, _CACHE_ATTR, state)
-    return state
-
-
-# --------------------------------------------------------------------------- options and targets
-
-
-def _int_option(options: dict, name: str, default):
-    value = options.get(name, default)
-    if value is None and default is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"Expected {name} to be a positive integer{' or None' if default is None else ''}. "
-                         f"Received: {name}={value!r}")
-    return int(value)
-
-
-def _float_option(options: dict, name: str, default: float, low: float | None = None,
-                  high: float | None = None, open_low: bool = False) -> float:
-    value = options.get(name, default)
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    ok = ok and math.isfinite(float(value))
-    if ok and low is not None:
-        ok = float(value) > low if open_low else float(value) >= low
-    if ok and high is not None:
-        ok = float(value) <= high
-    if not ok:
-        lo = "" if low is None else f" {'>' if open_low else '>='} {low}"
-        hi = "" if high is None else f" and <= {high}"
-        raise InputError(f"Expected {name} to be a finite number{lo}{hi}. Received: {name}={value!r}")
-    return float(value)
-
-
-def _seed(options: dict) -> int:
-    value = options.get("seed", 0)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise InputError(f"Expected seed to be a non-negative integer. Received: seed={value!r}")
-    return int(value)
+    return _view(view_or_explainer).tail(li) is not None
 
 
 def _freeze_target(target, selected: tf.Tensor, arrays: tuple):
@@ -321,26 +168,13 @@ def _freeze_target(target, selected: tf.Tensor, arrays: tuple):
 
 
 def _prepare(ctx):
-    """Activations, unperturbed scores and frozen target of the batch."""
-    ex = ctx.explainer
-    acts, outs, logits = ex.forward(ctx.x)
-    selected = tf.cast(_selected(ex, outs, logits), tf.float32)
-    target, arrays = _freeze_target(ctx.target, selected, ctx.arrays)
-    scores = tf.cast(target.score(selected, *arrays), tf.float32)
+    """The batch's forward pass, unperturbed scores and frozen target."""
+    p = ctx.forward()
+    target, arrays = _freeze_target(ctx.target, p.selected, ctx.arrays)
+    scores = tf.cast(target.score(p.selected, *arrays), tf.float32)
     if scores.shape.rank != 1:
         raise TargetError(f"Expected one score per example. Received: scores of shape {tuple(scores.shape)}")
-    return acts, scores, target, arrays
-
-
-def _key(kind: str, li: int, target, arrays) -> tuple:
-    return (kind, li, target.trace_key, tuple((tuple(a.shape[1:]), a.dtype) for a in arrays))
-
-
-def _specs(explainer, acts_shape, arrays):
-    a_spec = tf.TensorSpec((None,) + tuple(acts_shape[1:]), tf.float32)
-    i32 = tf.TensorSpec((), tf.int32)
-    chans = tf.TensorSpec((None, None), tf.int32)
-    return explainer._x_spec(), a_spec, chans, i32, explainer._arrays_spec(arrays)
+    return p, scores, target, arrays
 
 
 def _pairs(chans, p):
@@ -355,22 +189,32 @@ def _score_of(target, selected, arrays, n):
     return tf.cast(target.score(tf.cast(selected, tf.float32), *[tf.gather(a, n) for a in arrays]), tf.float32)
 
 
-def _input_size(explainer) -> list[int]:
-    return [int(s) for s in explainer.model.inputs[0].shape[1:-1]]
+def _model_score(view, target, inputs, arrays, n):
+    """Target scores of model inputs whose rows belong to examples ``n``."""
+    return _score_of(target, view.run(inputs).selected, arrays, n)
 
 
-def _model_score(ex, target, xm, arrays, n):
-    _, outs, logits = ex._capture(xm)
-    return _score_of(target, ex._select(outs, logits), arrays, n)
+def _perturbed(view, x, n, perturb: Callable[[tf.Tensor], tf.Tensor]):
+    """The model inputs of items ``n``: example ``n``'s explained input, float32
+    channels-last ``(B, *S, C)``, through ``perturb``, back in the user's layout, with the
+    example's other inputs (multi-input models)."""
+    image = tf.gather(view.main_input(x), n)
+    xi = view.image_to_channels_last(tf.cast(image, tf.float32))
+    return view.with_image(x, view.image_from_channels_last(perturb(xi)), n)
 
 
-def _items(ex, start, count, batch: int):
+def _spatial_size(view, xi: tf.Tensor) -> list:
+    """The explained input's spatial size; run-time values for variable-length axes."""
+    return [tf.shape(xi)[1 + i] if s is None else int(s) for i, s in enumerate(view.spatial_shape)]
+
+
+def _items(jit: bool, start, count, batch: int):
     """Flat item indices of one chunk, and a validity mask (None when all are valid).
 
     Under XLA (``jit_compile``) shapes must be static: every chunk then has ``batch``
     items, the surplus of the last chunk repeating its last item and masked out.
     """
-    if not ex.jit_compile:
+    if not jit:
         return start + tf.range(count), None
     p = start + tf.range(batch)
     return tf.minimum(p, start + count - 1), p < start + count
@@ -384,74 +228,78 @@ def _i32():
     return tf.TensorSpec((), tf.int32)
 
 
-def _a_spec(shape):
-    return tf.TensorSpec((None,) + tuple(shape[1:]), tf.float32)
+def _spec(t):
+    return tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype)
 
 
-def _cached(ex, key, build):
-    state = _state(ex)
-    fn = state.fns.get(key)
-    if fn is None:
-        fn = build()
-        state.fns[key] = fn  # only once the build succeeded
-    return fn
-
-
-def _scorecam_fn(ex, li, acts, target, arrays, batch):
+def _scorecam_fn(ctx, li, acts, target, arrays, batch):
     """Chunk of Score-CAM-family scores: pairs ``p = (n·K + j)·n_s + s`` ->
     ``y(x_n ⊙ (scale_s · M_k + noise_s))``, with ``M_k = norm(up(A_nk))``."""
-    size = _input_size(ex)
+    view = ctx.view
+    jit = view.jit_compile
+    rank = len(view.spatial_shape)
 
     def build():
         def chunk(start, count, x, a, chans, scale, noise, target_arrays):
             ns = tf.shape(scale)[0]
-            p, _ = _items(ex, start, count, batch)
+            p, _ = _items(jit, start, count, batch)
             s = p % ns
             n, k = _pairs(chans, p // ns)
             a_first = tf.transpose(a, [0, len(a.shape) - 1] + list(range(1, len(a.shape) - 1)))
             a_nk = tf.gather_nd(a_first, tf.stack([n, k], axis=-1))  # (B, *S)
-            masks = maps_ops.normalize_maps(maps_ops.resize_maps(a_nk, size))  # (B, *S_in) in [0, 1]
-            scale_b = tf.reshape(tf.gather(scale, s), [-1] + [1] * len(size))
-            masks = scale_b * masks + tf.gather(noise, s)
-            xm = tf.gather(x, n) * tf.cast(masks[..., None], x.dtype)
-            return _model_score(ex, target, xm, target_arrays, n)
 
-        specs = [_i32(), _i32(), ex._x_spec(), _a_spec(acts.shape), tf.TensorSpec((None, None), tf.int32),
-                 tf.TensorSpec((None,), tf.float32), tf.TensorSpec((None, *size), tf.float32),
-                 ex._arrays_spec(arrays)]
-        return ex._compile(chunk, specs)
+            def perturb(xi):
+                masks = maps_ops.normalize_maps(maps_ops.resize_maps(a_nk, _spatial_size(view, xi)))  # in [0, 1]
+                scale_b = tf.reshape(tf.gather(scale, s), [-1] + [1] * rank)
+                masks = scale_b * masks + tf.gather(noise, s)
+                return xi * masks[..., None]
 
-    return _cached(ex, _key(("scorecam", batch), li, target, arrays), build)
+            return _model_score(view, target, _perturbed(view, x, n, perturb), target_arrays, n)
+
+        specs = [_i32(), _i32(), view.input_spec(), _spec(acts), tf.TensorSpec((None, None), tf.int32),
+                 tf.TensorSpec((None,), tf.float32), tf.TensorSpec((None,) * (1 + rank), tf.float32),
+                 view.arrays_spec(arrays)]
+        return view.compile(chunk, specs)
+
+    return ctx.cached(ctx.key("scores", li, batch), build)
 
 
-def _ablation_fn(ex, li, acts, target, arrays, batch):
-    state = _state(ex)
-    tail = state.tail(li)
-    c = int(acts.shape[-1])
+def _ablation_fn(ctx, li, raw, target, arrays, batch):
+    """Chunk of Ablation-CAM scores: pairs ``p = n·K + j`` -> ``y`` with channel ``k`` of
+    layer ``li``'s raw output zeroed (along its own channel axis)."""
+    view = ctx.view
+    jit = view.jit_compile
+    tail = view.tail(li)
+    layer = view.layers[li].layer
+    rank = len(raw.shape)
+    axis = view.layer_channel_axis(li, rank)
+    c = int(raw.shape[axis])
+
+    def keep_mask(k, dtype):
+        shape = [-1] + [1] * (rank - 1)
+        shape[axis] = c
+        return tf.cast(tf.reshape(1.0 - tf.one_hot(k, c, dtype=tf.float32), shape), dtype)
 
     def build():
         if tail is not None:
             def chunk(start, count, x, a, chans, target_arrays):
-                n, k = _pairs(chans, _items(ex, start, count, batch)[0])
-                keep = 1.0 - tf.one_hot(k, c, dtype=tf.float32)
-                keep = tf.reshape(keep, [-1] + [1] * (len(a.shape) - 2) + [c])
-                sel = tail(tf.gather(a, n) * keep, training=False)
-                return _score_of(target, sel, target_arrays, n)
+                n, k = _pairs(chans, _items(jit, start, count, batch)[0])
+                a_n = tf.gather(a, n)
+                return _score_of(target, tail(a_n * keep_mask(k, a_n.dtype)), target_arrays, n)
         else:
-            model = state.substituted_model(li)
-
             def chunk(start, count, x, a, chans, target_arrays):
-                n, k = _pairs(chans, _items(ex, start, count, batch)[0])
-                keep = 1.0 - tf.one_hot(k, c, dtype=tf.float32)
-                sel = model([tf.gather(x, n), keep], training=False)
-                return _score_of(target, sel, target_arrays, n)
+                n, k = _pairs(chans, _items(jit, start, count, batch)[0])
+                keep = keep_mask(k, tf.float32)
+                inputs = view.with_image(x, tf.gather(view.main_input(x), n), n)
+                rw = Rewrite(replace={layer: lambda out: out * tf.cast(keep, out.dtype)})
+                return _score_of(target, view.run(inputs, rw).selected, target_arrays, n)
 
-        specs = [_i32(), _i32(), ex._x_spec(), _a_spec(acts.shape), tf.TensorSpec((None, None), tf.int32),
-                 ex._arrays_spec(arrays)]
-        return ex._compile(chunk, specs)
+        specs = [_i32(), _i32(), view.input_spec(), _spec(raw), tf.TensorSpec((None, None), tf.int32),
+                 view.arrays_spec(arrays)]
+        return view.compile(chunk, specs)
 
-    kind = "ablation_tail" if tail is not None else "ablation_full"
-    return _cached(ex, _key((kind, batch), li, target, arrays), build)
+    kind = "tail" if tail is not None else "full"
+    return ctx.cached(ctx.key(kind, li, batch), build)
 
 
 # --------------------------------------------------------------------------- the runners
@@ -487,27 +335,26 @@ def _run_chunks(jobs, batch: int, verbose: int) -> list[tf.Tensor]:
 
 def _score_family(ctx, scale: np.ndarray, noise: np.ndarray | None) -> list[tf.Tensor]:
     """Score-CAM with each channel's score averaged over ``len(scale)`` mask variants."""
-    batch = _int_option(ctx.options, "perturbation_batch_size", DEFAULT_PERTURBATION_BATCH_SIZE)
-    top_k = _int_option(ctx.options, "top_k", None)
-    ex = ctx.explainer
-    acts, _, target, arrays = _prepare(ctx)
+    batch = ctx.options["perturbation_batch_size"]
+    top_k = ctx.options["top_k"]
+    p, _, target, arrays = _prepare(ctx)
     ns = len(scale)
     if noise is None:
-        noise = np.zeros((ns, *_input_size(ex)), np.float32)
+        noise = np.zeros((ns,) + (1,) * len(ctx.spatial_shape), np.float32)
     scale_t = tf.constant(scale, tf.float32)
     noise_t = tf.constant(noise, tf.float32)
     jobs, tables = [], []
-    for li, a in enumerate(acts):
+    for li, a in enumerate(p.acts):
         chans = _channel_table(a, top_k)
         tables.append(chans)
-        fn = _scorecam_fn(ex, li, a, target, arrays, batch)
+        fn = _scorecam_fn(ctx, li, a, target, arrays, batch)
         total = int(chans.shape[0]) * int(chans.shape[1]) * ns
-        jobs.append((fn, (ctx.x, a, chans, scale_t, noise_t, arrays), total, "concat"))
+        jobs.append((fn, (ctx.inputs, a, chans, scale_t, noise_t, arrays), total, "concat"))
     scores = _run_chunks(jobs, batch, ctx.verbose)
     out = []
-    for a, chans, s in zip(acts, tables, scores):
+    for a, chans, s in zip(p.acts, tables, scores):
         s = tf.reduce_mean(tf.reshape(s, tf.concat([tf.shape(chans), [ns]], 0)), axis=-1)
-        out.append(_weighted_map(a, scorecam_weights(s, chans, int(a.shape[-1]))))
+        out.append(ctx.combine(a, scorecam_weights(s, chans, int(a.shape[-1]))))
     return out
 
 
@@ -526,7 +373,7 @@ def scorecam(ctx) -> list[tf.Tensor]:
     activations) + N × |S| × C`` (the batch's layer activations) floats, whatever ``C``.
 
     Args:
-        ctx: the engine's ``RunContext`` for one batch.
+        ctx: the ``tfcam.context.MethodContext`` of one batch.
 
     Returns:
         One raw ``(N, *S)`` map per target layer.
@@ -538,7 +385,7 @@ def sscam(ctx) -> list[tf.Tensor]:
     """SS-CAM (Wang et al. 2020, "SS-CAM: Smoothed Score-CAM", arXiv:2006.14255).
 
     Score-CAM where each channel's score is the mean over ``n_samples`` (default 10)
-    noisy masks ``M_k + N(0, noise_std²)`` (``noise_std`` default 0.2, on masks in
+    noisy masks ``M_k + N(0, noise_level²)`` (``noise_level`` default 0.2, on masks in
     ``[0, 1]``): ``s_k = mean_i y(x ⊙ (M_k + ε_i))``, ``w = softmax_k(s)``. The noise
     ``ε_i`` is drawn once per call from ``seed`` (default 0) and shared by every channel
     and example (common random numbers: deterministic, and independent of chunking).
@@ -547,15 +394,14 @@ def sscam(ctx) -> list[tf.Tensor]:
     ``n_samples × |input spatial|`` floats.
 
     Args:
-        ctx: the engine's ``RunContext`` for one batch.
+        ctx: the ``tfcam.context.MethodContext`` of one batch.
 
     Returns:
         One raw ``(N, *S)`` map per target layer.
     """
-    ns = _int_option(ctx.options, "n_samples", 10)
-    std = _float_option(ctx.options, "noise_std", 0.2, low=0.0)
-    seed = _seed(ctx.options)
-    noise = np.random.default_rng(seed).normal(0.0, std, size=(ns, *_input_size(ctx.explainer)))
+    ns = ctx.options["n_samples"]
+    std = float(ctx.options["noise_level"])
+    noise = np.random.default_rng(ctx.options["seed"]).normal(0.0, std, size=(ns, *ctx.spatial_shape))
     return _score_family(ctx, np.ones((ns,), np.float32), noise.astype(np.float32))
 
 
@@ -563,18 +409,18 @@ def iscam(ctx) -> list[tf.Tensor]:
     """IS-CAM (Naidu et al. 2020, "IS-CAM: Integrated Score-CAM", arXiv:2010.03023).
 
     Score-CAM where each channel's score is averaged along the mask:
-    ``s_k = mean_{i=1..n} y(x ⊙ (i/n) M_k)`` with ``n = n_samples`` (default 10), then
+    ``s_k = mean_{i=1..n} y(x ⊙ (i/n) M_k)`` with ``n = steps`` (default 10), then
     ``w = softmax_k(s)``.
 
-    Cost: ``n_samples × N·K`` forward passes; memory as Score-CAM.
+    Cost: ``steps × N·K`` forward passes; memory as Score-CAM.
 
     Args:
-        ctx: the engine's ``RunContext`` for one batch.
+        ctx: the ``tfcam.context.MethodContext`` of one batch.
 
     Returns:
         One raw ``(N, *S)`` map per target layer.
     """
-    ns = _int_option(ctx.options, "n_samples", 10)
+    ns = ctx.options["steps"]
     return _score_family(ctx, np.arange(1, ns + 1, dtype=np.float32) / ns, None)
 
 
@@ -588,7 +434,9 @@ def ablationcam(ctx) -> list[tf.Tensor]:
     When the layer cuts the graph (every path from input to output goes through it, the
     usual case for a last conv block), the layer's activations are reused and only the
     network after the layer runs, once per ablated channel, batched. Otherwise the whole
-    model runs with the layer's output multiplied by a per-example channel mask.
+    model runs with the layer's output multiplied by a per-example channel mask. Channels
+    are zeroed in the layer's own output, along its channel axis (axis 1 for
+    ``channels_first`` layers, the last axis otherwise, e.g. a token layer's features).
 
     Cost: ``N·C`` passes of the tail (or of the whole model), ``perturbation_batch_size``
     (``B``) at a time; peak memory ≈ ``B × (|S| × C + one example's tail activations)``
@@ -596,40 +444,53 @@ def ablationcam(ctx) -> list[tf.Tensor]:
     channels of largest spatial variance (others get weight 0).
 
     Args:
-        ctx: the engine's ``RunContext`` for one batch.
+        ctx: the ``tfcam.context.MethodContext`` of one batch.
 
     Returns:
         One raw ``(N, *S)`` map per target layer.
     """
-    batch = _int_option(ctx.options, "perturbation_batch_size", DEFAULT_PERTURBATION_BATCH_SIZE)
-    top_k = _int_option(ctx.options, "top_k", None)
-    ex = ctx.explainer
-    acts, y, target, arrays = _prepare(ctx)
+    batch = ctx.options["perturbation_batch_size"]
+    top_k = ctx.options["top_k"]
+    p, y, target, arrays = _prepare(ctx)
     jobs, tables = [], []
-    for li, a in enumerate(acts):
+    for li, (raw, a) in enumerate(zip(p.raw, p.acts)):
+        c = int(raw.shape[ctx.view.layer_channel_axis(li, len(raw.shape))])
+        if c != int(a.shape[-1]):
+            raise MethodError(
+                f"Ablation-CAM zeroes channels of the layer's output, but `reshape` turned its {c} channels "
+                f"into {int(a.shape[-1])}. Use a reshape that keeps the channel (last) axis. "
+                f"Received: layer={ctx.view.layer_names[li]!r}")
         chans = _channel_table(a, top_k)
         tables.append(chans)
-        fn = _ablation_fn(ex, li, a, target, arrays, batch)
-        jobs.append((fn, (ctx.x, a, chans, arrays), int(chans.shape[0]) * int(chans.shape[1]), "concat"))
+        fn = _ablation_fn(ctx, li, raw, target, arrays, batch)
+        jobs.append((fn, (ctx.inputs, raw, chans, arrays), int(chans.shape[0]) * int(chans.shape[1]), "concat"))
     scores = _run_chunks(jobs, batch, ctx.verbose)
     out = []
-    for a, chans, s in zip(acts, tables, scores):
+    for a, chans, s in zip(p.acts, tables, scores):
         w = ablationcam_weights(y, tf.reshape(s, tf.shape(chans)), chans, int(a.shape[-1]))
-        out.append(_weighted_map(a, w))
+        out.append(ctx.combine(a, w))
     return out
 
 
 # --------------------------------------------------------------------------- input-space methods
 
 
-def _image_size(ex) -> tuple[int, int]:
-    size = _input_size(ex)
-    if len(size) != 2:
+def _image_size(view) -> tuple[int, int]:
+    size = view.spatial_shape
+    if len(size) != 2 or any(s is None for s in size):
         raise MethodError(
-            "Occlusion and RISE are implemented for image inputs (batch, height, width, "
-            f"channels). Received: input shape {tuple(ex.model.inputs[0].shape)}"
+            "Occlusion and RISE are implemented for image inputs of a fixed size (batch, height, "
+            f"width, channels). Received: input shape {(None,) + tuple(view.input_shape)}"
         )
-    return size[0], size[1]
+    return int(size[0]), int(size[1])
+
+
+def _fixed_size(view) -> str | None:
+    """``refuses`` of methods that draw masks of the input's size ahead of time."""
+    if any(s is None for s in view.spatial_shape):
+        return (f"it draws masks of the input's size ahead of time, and the input's spatial shape "
+                f"{tuple(view.spatial_shape)} is not fixed.")
+    return None
 
 
 def occlusion_starts(length: int, patch: int, stride: int) -> np.ndarray:
@@ -639,6 +500,7 @@ def occlusion_starts(length: int, patch: int, stride: int) -> np.ndarray:
     if starts[-1] != length - patch:
         starts.append(length - patch)
     return np.asarray(starts, np.int32)
+
 
 
 def occlusion(ctx) -> tf.Tensor:
@@ -656,22 +518,25 @@ def occlusion(ctx) -> tf.Tensor:
     N × H × W`` floats.
 
     Args:
-        ctx: the engine's ``RunContext`` for one batch.
+        ctx: the ``tfcam.context.MethodContext`` of one batch.
 
     Returns:
         A raw ``(N, H, W)`` map.
     """
-    ex = ctx.explainer
-    h, w = _image_size(ex)
-    batch = _int_option(ctx.options, "perturbation_batch_size", DEFAULT_PERTURBATION_BATCH_SIZE)
-    patch = _int_option(ctx.options, "patch_size", max(1, round(min(h, w) / 8)))
+    view = ctx.view
+    h, w = _image_size(view)
+    batch = ctx.options["perturbation_batch_size"]
+    patch = ctx.options["patch_size"]
+    patch = max(1, round(min(h, w) / 8)) if patch is None else int(patch)
     if patch > min(h, w):
         raise InputError(f"Expected patch_size <= the image side {min(h, w)}. Received: patch_size={patch}")
-    stride = _int_option(ctx.options, "stride", max(1, patch // 2))
-    baseline = _float_option(ctx.options, "baseline", 0.0)
+    stride = ctx.options["stride"]
+    stride = max(1, patch // 2) if stride is None else int(stride)
+    baseline = float(ctx.options["baseline"])
     rows, cols = occlusion_starts(h, patch, stride), occlusion_starts(w, patch, stride)
     n_pos = len(rows) * len(cols)
     _, y, target, arrays = _prepare(ctx)
+    jit = view.jit_compile
 
     def build():
         rows_t, cols_t = tf.constant(rows), tf.constant(cols)
@@ -679,23 +544,26 @@ def occlusion(ctx) -> tf.Tensor:
         ww = tf.range(w)[None, None, :]
 
         def chunk(start, count, x, y0, target_arrays):
-            p, valid = _items(ex, start, count, batch)
+            p, valid = _items(jit, start, count, batch)
             n, pos = p // n_pos, p % n_pos
             r0 = tf.gather(rows_t, pos // len(cols))[:, None, None]
             c0 = tf.gather(cols_t, pos % len(cols))[:, None, None]
             m = tf.cast((hh >= r0) & (hh < r0 + patch) & (ww >= c0) & (ww < c0 + patch), tf.float32)
-            xn = tf.gather(x, n)
-            mx = tf.cast(m[..., None], xn.dtype)
-            xo = xn * (1 - mx) + tf.cast(baseline, xn.dtype) * mx
-            drop = tf.gather(y0, n) - _model_score(ex, target, xo, target_arrays, n)
-            return tf.math.unsorted_segment_sum(_masked(drop[:, None, None] * m, valid), n, tf.shape(x)[0])
 
-        specs = [_i32(), _i32(), ex._x_spec(), tf.TensorSpec((None,), tf.float32), ex._arrays_spec(arrays)]
-        return ex._compile(chunk, specs)
+            def perturb(xi):
+                mx = m[..., None]
+                return xi * (1 - mx) + baseline * mx
 
-    fn = _cached(ex, _key(("occlusion", patch, stride, baseline, batch), 0, target, arrays), build)
-    total = int(ctx.x.shape[0]) * n_pos
-    (summed,) = _run_chunks([(fn, (ctx.x, y, arrays), total, "sum")], batch, ctx.verbose)
+            drop = tf.gather(y0, n) - _model_score(view, target, _perturbed(view, x, n, perturb), target_arrays, n)
+            n_examples = tf.shape(view.main_input(x))[0]
+            return tf.math.unsorted_segment_sum(_masked(drop[:, None, None] * m, valid), n, n_examples)
+
+        specs = [_i32(), _i32(), view.input_spec(), tf.TensorSpec((None,), tf.float32), view.arrays_spec(arrays)]
+        return view.compile(chunk, specs)
+
+    fn = ctx.cached(ctx.key(patch, stride, baseline, batch), build)
+    total = ctx.batch * n_pos
+    (summed,) = _run_chunks([(fn, (ctx.inputs, y, arrays), total, "sum")], batch, ctx.verbose)
     cover_r = ((np.arange(h)[:, None] >= rows) & (np.arange(h)[:, None] < rows + patch)).sum(1)
     cover_c = ((np.arange(w)[:, None] >= cols) & (np.arange(w)[:, None] < cols + patch)).sum(1)
     count = (cover_r[:, None] * cover_c[None, :]).astype(np.float32)
@@ -739,56 +607,80 @@ def rise(ctx) -> tf.Tensor:
     example's activations) + N × H × W`` floats, never ``n_masks × H × W``.
 
     Args:
-        ctx: the engine's ``RunContext`` for one batch.
+        ctx: the ``tfcam.context.MethodContext`` of one batch.
 
     Returns:
         A raw ``(N, H, W)`` map.
     """
-    ex = ctx.explainer
-    h, w = _image_size(ex)
-    batch = _int_option(ctx.options, "perturbation_batch_size", DEFAULT_PERTURBATION_BATCH_SIZE)
-    n_masks = _int_option(ctx.options, "n_masks", 2000)
-    grid = _int_option(ctx.options, "mask_grid", 7)
-    keep = _float_option(ctx.options, "keep_prob", 0.5, low=0.0, high=1.0, open_low=True)
-    grids, shifts = rise_masks(n_masks, grid, keep, (h, w), _seed(ctx.options))
+    view = ctx.view
+    h, w = _image_size(view)
+    batch = ctx.options["perturbation_batch_size"]
+    n_masks = ctx.options["n_masks"]
+    grid = ctx.options["mask_grid"]
+    keep = float(ctx.options["keep_prob"])
+    grids, shifts = rise_masks(n_masks, grid, keep, (h, w), ctx.options["seed"])
     _, _, target, arrays = _prepare(ctx)
+    jit = view.jit_compile
 
     def build():
         def chunk(start, count, x, grids_t, shifts_t, target_arrays):
             nm = tf.shape(grids_t)[0]
-            p, valid = _items(ex, start, count, batch)
+            p, valid = _items(jit, start, count, batch)
             n, i = p // nm, p % nm
             m = expand_rise_masks(tf.gather(grids_t, i), tf.gather(shifts_t, i), (h, w))
-            xn = tf.gather(x, n)
-            s = _model_score(ex, target, xn * tf.cast(m[..., None], xn.dtype), target_arrays, n)
-            return tf.math.unsorted_segment_sum(_masked(s[:, None, None] * m, valid), n, tf.shape(x)[0])
+            s = _model_score(view, target, _perturbed(view, x, n, lambda xi: xi * m[..., None]), target_arrays, n)
+            n_examples = tf.shape(view.main_input(x))[0]
+            return tf.math.unsorted_segment_sum(_masked(s[:, None, None] * m, valid), n, n_examples)
 
-        specs = [_i32(), _i32(), ex._x_spec(), tf.TensorSpec((None, grid, grid), tf.float32),
-                 tf.TensorSpec((None, 2), tf.int32), ex._arrays_spec(arrays)]
-        return ex._compile(chunk, specs)
+        specs = [_i32(), _i32(), view.input_spec(), tf.TensorSpec((None, grid, grid), tf.float32),
+                 tf.TensorSpec((None, 2), tf.int32), view.arrays_spec(arrays)]
+        return view.compile(chunk, specs)
 
-    fn = _cached(ex, _key(("rise", grid, batch), 0, target, arrays), build)
-    total = int(ctx.x.shape[0]) * n_masks
-    args = (ctx.x, tf.constant(grids), tf.constant(shifts), arrays)
+    fn = ctx.cached(ctx.key(grid, batch), build)
+    total = ctx.batch * n_masks
+    args = (ctx.inputs, tf.constant(grids), tf.constant(shifts), arrays)
     (summed,) = _run_chunks([(fn, args, total, "sum")], batch, ctx.verbose)
     return summed / (n_masks * keep)
 
 
-_OPTIONS = ("perturbation_batch_size", "top_k")
+# --------------------------------------------------------------------------- registration
 
-register(Method("scorecam", scorecam, kind="runner", needs_gradients=False, options=_OPTIONS,
+_BATCH = Option("perturbation_batch_size", DEFAULT_PERTURBATION_BATCH_SIZE, "int>0",
+                doc="perturbed inputs per forward pass")
+_TOP_K = Option("top_k", None, "int>0", optional=True,
+                doc="score only the K channels of largest spatial variance (None: all)")
+_SEED = Option("seed", 0, "int>=0", doc="seed of the random noise or masks")
+_OPTIONS = (_BATCH, _TOP_K)
+
+register(Method("scorecam", scorecam, kind="runner", needs_gradients=False, options=_OPTIONS, eigen_smooth=True,
                 paper="Wang et al. 2020, arXiv:1910.01279 (Faster Score-CAM with top_k)",
                 aliases=("score-cam", "fasterscorecam")))
 register(Method("ablationcam", ablationcam, kind="runner", needs_gradients=False, options=_OPTIONS,
-                paper="Desai & Ramaswamy 2020, WACV", aliases=("ablation-cam",)))
-register(Method("sscam", sscam, kind="runner", needs_gradients=False,
-                options=_OPTIONS + ("n_samples", "noise_std", "seed"),
+                eigen_smooth=True, paper="Desai & Ramaswamy 2020, WACV", aliases=("ablation-cam",)))
+register(Method("sscam", sscam, kind="runner", needs_gradients=False, eigen_smooth=True, refuses=_fixed_size,
+                options=_OPTIONS + (Option("n_samples", 10, "int>0", doc="noisy masks per channel"),
+                                    Option("noise_level", 0.2, "float>=0", deprecated=("noise_std",),
+                                           doc="standard deviation of the mask noise"),
+                                    _SEED),
                 paper="Wang et al. 2020, arXiv:2006.14255", aliases=("ss-cam", "smoothscorecam")))
-register(Method("iscam", iscam, kind="runner", needs_gradients=False, options=_OPTIONS + ("n_samples",),
+register(Method("iscam", iscam, kind="runner", needs_gradients=False, eigen_smooth=True,
+                options=_OPTIONS + (Option("steps", 10, "int>0", deprecated=("n_samples",),
+                                           doc="mask scales i/steps, i = 1..steps"),),
                 paper="Naidu et al. 2020, arXiv:2010.03023", aliases=("is-cam", "integratedscorecam")))
 register(Method("occlusion", occlusion, kind="runner", needs_gradients=False, per_layer=False, spatial_ranks=(2,),
-                options=("perturbation_batch_size", "patch_size", "stride", "baseline"),
+                eigen_smooth=False, refuses=_fixed_size,
+                options=(_BATCH,
+                         Option("patch_size", None, "int>0", optional=True,
+                                doc="patch side in pixels (None: max(1, round(min(H, W) / 8)))"),
+                         Option("stride", None, "int>0", optional=True,
+                                doc="patch step in pixels (None: max(1, patch_size // 2))"),
+                         Option("baseline", 0.0, "float", doc="value the patch is filled with")),
                 paper="Zeiler & Fergus 2014, arXiv:1311.2901"))
 register(Method("rise", rise, kind="runner", needs_gradients=False, per_layer=False, spatial_ranks=(2,),
-                options=("perturbation_batch_size", "n_masks", "mask_grid", "keep_prob", "seed"),
+                eigen_smooth=False, refuses=_fixed_size,
+                options=(_BATCH,
+                         Option("n_masks", 2000, "int>0", doc="random masks"),
+                         Option("mask_grid", 7, "int>0", doc="side of the random binary grids"),
+                         Option("keep_prob", 0.5, "prob", doc="probability a grid cell is kept"),
+                         _SEED),
                 paper="Petsiuk et al. 2018, arXiv:1806.07421"))

@@ -3,13 +3,93 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import math
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tfcam.errors import InputTypeError, MethodError
+import numpy as np
+import tensorflow as tf
 
-__all__ = ["Method", "register", "get_method", "method_names", "REGISTRY"]
+from tfcam import maps as maps_ops
+from tfcam.errors import InputError, InputTypeError, MethodError
+
+__all__ = ["Method", "Option", "combine_channels", "register", "get_method", "method_names", "REGISTRY"]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+            and math.isfinite(float(v)))
+
+
+# kind -> (check, what is expected)
+_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "any": (lambda v: True, "any value"),
+    "int>0": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "int>=0": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "int>=2": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "float": (_is_number, "a finite number"),
+    "float>=0": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    "float>0": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    "prob": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "bool": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """A method option with a typed default (``tfcam.Explainer(..., name=value)``).
+
+    Attributes:
+        name: the one spelling of the concept across methods (``n_samples``, ``noise_level``,
+            ``baseline``, ...).
+        default: used when the user gives none (each method declares its own).
+        kind: the check: ``"any"``, ``"int>0"``, ``"int>=0"``, ``"int>=2"``, ``"float"``,
+            ``"float>=0"``, ``"float>0"``, ``"prob"``, ``"bool"``; or ``"choice"`` with ``choices``.
+        choices: the allowed values of a ``"choice"`` option.
+        optional: None is also accepted (and means "the method decides").
+        deprecated: older spellings still accepted with a ``DeprecationWarning``.
+        doc: one line for the docs and error messages.
+    """
+
+    name: str
+    default: Any = None
+    kind: str = "any"
+    choices: tuple = ()
+    optional: bool = False
+    deprecated: tuple = ()
+    doc: str = ""
+
+    def lookup(self, given: Mapping[str, Any]) -> Any:
+        """The user's value (under the name or a deprecated spelling), else the default."""
+        if self.name in given:
+            return given[self.name]
+        for old in self.deprecated:
+            if old in given:
+                warnings.warn(f"tfcam option {old!r} is deprecated; use {self.name!r} (one spelling for "
+                              "every method).", DeprecationWarning, stacklevel=4)
+                return given[old]
+        return self.default
+
+    def validate(self, value: Any, method: str = "") -> Any:
+        """``value`` if it is of this option's kind, else an ``InputError``."""
+        if value is None and (self.optional or self.default is None):
+            return None
+        if self.kind == "choice":
+            ok, what = value in self.choices, f"one of {list(self.choices)}"
+        else:
+            check, what = _KINDS[self.kind]
+            ok = check(value)
+        if not ok:
+            owner = f" (method {method!r})" if method else ""
+            raise InputError(f"Expected option {self.name}{owner} to be {what}"
+                             f"{' or None' if self.optional else ''}. Received: {self.name}={value!r}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -40,9 +120,11 @@ class Method:
               engine then applies ReLU, resize, normalization and layer averaging.
         paper: citation shown in docs and errors.
         aliases: other spellings accepted.
-        options: names of keyword options of ``tfcam.Explainer`` this method reads
-            (e.g. ``top_k``); they reach ``fn`` as ``extras["options"]`` (cam/input) or
-            ``ctx.options`` (runner). Unknown options are rejected at construction.
+        options: the keyword options of ``tfcam.Explainer`` this method reads: ``Option``
+            objects (typed defaults) or bare names (no default, no check). They reach
+            ``fn`` as ``extras["options"]`` (cam/input) or ``ctx.options`` (runner), a
+            read-only mapping holding every declared option (the default when not given).
+            An option no requested method reads is rejected.
         per_layer: False for methods whose map does not depend on the target layer.
         elementwise: for ``returns="map"`` methods that sum a per-channel product over
             channels (HiResCAM's ``G * A``), that product ``(A, G) -> (N, *S, C)``: what
@@ -51,6 +133,12 @@ class Method:
             time series, 2: images, 3: volumes). For ``kind="cam"`` this is the rank of
             the target layer's map, otherwise the rank of the explained input. The
             engine raises ``MethodError`` before computing anything for other ranks.
+        eigen_smooth: whether ``eigen_smooth=True`` applies (None: derived; CAMs that
+            return channel weights or an element-wise product support it). The engine
+            refuses the option for other methods instead of ignoring it.
+        refuses: ``fn(view) -> str | None``: a reason this method cannot serve the
+            Explainer's configuration (checked before any work; the engine raises
+            ``MethodError`` with it).
     """
 
     name: str
@@ -65,6 +153,38 @@ class Method:
     per_layer: bool = True
     elementwise: Callable[..., Any] | None = None
     spatial_ranks: tuple = (1, 2, 3)
+    eigen_smooth: bool | None = None
+    refuses: Callable[[Any], str | None] | None = None
+
+    @property
+    def option_specs(self) -> tuple[Option, ...]:
+        """``options`` as ``Option`` objects (bare names become untyped options)."""
+        return tuple(o if isinstance(o, Option) else Option(o) for o in self.options)
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.option_specs)
+
+    @property
+    def supports_eigen_smooth(self) -> bool:
+        if self.eigen_smooth is not None:
+            return self.eigen_smooth
+        return self.kind == "cam" and (self.returns == "weights" or self.elementwise is not None)
+
+
+def combine_channels(m: Method, out: tf.Tensor, a: tf.Tensor, g: tf.Tensor, eigen_smooth: bool) -> tf.Tensor:
+    """A CAM method's output -> its raw map ``(N, *S)``.
+
+    Channel weights give ``sum_k w_k A_k``; with ``eigen_smooth`` the first principal
+    component of ``w * A`` (or of the method's element-wise product) instead, as
+    pytorch-grad-cam's ``eigen_smooth`` does.
+    """
+    if m.returns == "weights":
+        weighted = maps_ops.channel_weighted(a, out)
+        return maps_ops.principal_projection(weighted) if eigen_smooth else tf.reduce_sum(weighted, axis=-1)
+    if eigen_smooth and m.elementwise is not None:
+        return maps_ops.principal_projection(m.elementwise(a, g))
+    return out
 
 
 REGISTRY: dict[str, Method] = {}

@@ -10,15 +10,18 @@ Explainer.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 
 from tfcam import maps as maps_ops
-from tfcam.errors import InputError, MethodError
-from tfcam.methods.gradient import principal_projection
-from tfcam.methods.registry import Method, get_method, register
+from tfcam.errors import MethodError
+from tfcam.maps import principal_projection
+from tfcam.methods.registry import Method, Option, combine_channels, get_method, register
+
+if TYPE_CHECKING:  # pragma: no cover - methods see the context, never the engine
+    from tfcam.context import MethodContext
 
 __all__ = [
     "gradcam_elementwise_map",
@@ -157,46 +160,36 @@ def finer_score(logits: tf.Tensor, classes: tf.Tensor, n_compare: int = 3, alpha
 # --------------------------------------------------------------------------- runners
 
 
-def _class_index(ctx, selected):
-    cls = ctx.target.class_index(selected, *ctx.arrays)
-    if cls is None:
-        raise MethodError(
-            "This method's score is defined for class targets (None, an int or one int per example). "
-            f"Received: targets of type {type(ctx.target).__name__}"
-        )
-    return cls
+def _check_class_target(ctx: MethodContext) -> None:
+    """Fails before any work when the target has no class (ReST and Finer scores need one)."""
+    probe = tf.zeros([1, 2])
+    if ctx.target.class_index(probe, *[a[:1] for a in ctx.arrays]) is None:
+        ctx.class_index(probe)
 
 
-def _weighted_map(base: Method, a, g, y, options, eigen_smooth: bool = False):
-    from tfcam.engine import combine_channels
-
-    extras = {"options": options} if base.options else {}
-    return combine_channels(base, base.fn(a, g, y, **extras), a, g, eigen_smooth)
-
-
-def _score_fn(ctx, kind: str):
+def _score_fn(ctx: MethodContext, kind: str):
     """The score a runner differentiates: ReST, Finer, or the plain target score."""
-    explainer, target, options = ctx.explainer, ctx.target, ctx.options
+    view, target, options = ctx.view, ctx.target, ctx.options
 
     def score(x, arrays):
-        acts, outs, logits = explainer._capture(x)
-        sel = explainer._select(outs, logits)
+        p = view.run(x)
+        sel = p.selected
         if kind == "rest":
-            return acts, rest_score(sel, target.class_index(sel, *arrays))
+            return p, rest_score(sel, target.class_index(sel, *arrays))
         if kind == "finer":
-            return acts, finer_score(sel, target.class_index(sel, *arrays),
-                                     int(_option(options, "finer_k", 3)), float(_option(options, "finer_alpha", 1.0)))
-        return acts, target.score(sel, *arrays)
+            return p, finer_score(sel, target.class_index(sel, *arrays), int(options["finer_k"]),
+                                  float(options["finer_alpha"]))
+        return p, tf.cast(target.score(sel, *arrays), tf.float32)
 
     return score
 
 
-def _check_class_target(ctx):
-    if ctx.target.class_index(tf.zeros([1, 2]), *[a[:1] for a in ctx.arrays]) is None:
-        _class_index(ctx, None)
+def _grads_in_map_layout(view, p, grads):
+    return [tf.zeros_like(a) if g is None else view.to_map_layout(li, g)
+            for li, (a, g) in enumerate(zip(p.acts, grads))]
 
 
-def _shapleycam(ctx):
+def _shapleycam(ctx: MethodContext):
     """ShapleyCAM (Cai 2025, arXiv:2501.06261): ``w_k = mean_S(G_k - 1/2 (H A)_k)``.
 
     ``H A`` is the Hessian-vector product of the score w.r.t. the layer's activations in
@@ -205,42 +198,40 @@ def _shapleycam(ctx):
     materialized). Score: the paper's ReST score ``y_c - CE(logits, c)`` by default; the
     option ``shapley_score="target"`` uses the plain target score instead.
     """
-    kind = "rest" if _option(ctx.options, "shapley_score", "rest") == "rest" else "target"
+    kind = "rest" if ctx.options["shapley_score"] == "rest" else "target"
     if kind == "rest":
         _check_class_target(ctx)
-    explainer = ctx.explainer
-    n_layers = len(explainer.layer_names)
+    view = ctx.view
 
     def build():
         score = _score_fn(ctx, kind)
 
         def fn(x, arrays):
             with tf.GradientTape(watch_accessed_variables=False, persistent=True) as outer:
-                outer.watch(x)
+                outer.watch(view.main_input(x))
                 with tf.GradientTape(watch_accessed_variables=False) as inner:
-                    inner.watch(x)
-                    acts, y = score(x, arrays)
-                grads = inner.gradient(y, acts)
+                    inner.watch(view.main_input(x))
+                    p, y = score(x, arrays)
+                grads = inner.gradient(y, p.raw)
                 dots = [tf.reduce_sum(tf.cast(g, tf.float32) * tf.stop_gradient(tf.cast(a, tf.float32)))
-                        for g, a in zip(grads, acts)]
+                        for g, a in zip(grads, p.raw)]
             maps = []
-            for li in range(n_layers):
-                hvp = outer.gradient(dots[li], acts[li])
-                a = explainer._channels_last(li, tf.cast(acts[li], tf.float32))
-                g = explainer._channels_last(li, tf.cast(grads[li], tf.float32))
-                hvp = tf.zeros_like(a) if hvp is None else explainer._channels_last(li, tf.cast(hvp, tf.float32))
+            for li in range(view.n_layers):
+                hvp = outer.gradient(dots[li], p.raw[li])
+                a = p.acts[li]
+                g = view.to_map_layout(li, grads[li])
+                hvp = tf.zeros_like(a) if hvp is None else view.to_map_layout(li, hvp)
                 w = tf.reduce_mean(g - 0.5 * hvp, axis=_spatial_axes(g))
-                maps.append(maps_ops.weighted_channel_sum(a, w))
+                maps.append(ctx.combine(a, w))
             del outer
             return tuple(maps)
 
-        return explainer._compile(fn, [explainer._x_spec(), explainer._arrays_spec(ctx.arrays)])
+        return view.compile(fn, [view.input_spec(), view.arrays_spec(ctx.arrays)])
 
-    key = ("shapleycam", kind, ctx.target.trace_key)
-    return list(explainer.cached(key, build)(ctx.x, ctx.arrays))
+    return list(ctx.cached(ctx.key(kind), build)(ctx.inputs, ctx.arrays))
 
 
-def _finercam(ctx):
+def _finercam(ctx: MethodContext):
     """Finer-CAM (Zhang et al. 2025, arXiv:2501.11309): a base CAM of the Finer score.
 
     Options: ``finer_base`` (default ``"gradcam"``; any gradient method of the shared pass),
@@ -248,102 +239,109 @@ def _finercam(ctx):
     (default 1).
     """
     _check_class_target(ctx)
-    base = get_method(_option(ctx.options, "finer_base", "gradcam"))
+    base = get_method(ctx.options["finer_base"])
     if base.kind != "cam":
         raise MethodError(f"finer_base must be a gradient CAM method. Received: finer_base={base.name!r}")
     return _gradient_runner(ctx, "finer", base)
 
 
-def _gradient_runner(ctx, kind: str, base: Method):
-    explainer = ctx.explainer
-    n_layers = len(explainer.layer_names)
-    options = ctx.options
+def _base_options(base: Method) -> dict:
+    """The base method's own options with their defaults (a base is never given options)."""
+    return {o.name: o.default for o in base.option_specs}
+
+
+def _gradient_runner(ctx: MethodContext, kind: str, base: Method):
+    view = ctx.view
+    base_options = _base_options(base)
 
     def build():
         score = _score_fn(ctx, kind)
 
         def fn(x, arrays):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(x)
-                acts, y = score(x, arrays)
-            grads = tape.gradient(y, acts)
+                tape.watch(view.main_input(x))
+                p, y = score(x, arrays)
+            grads = _grads_in_map_layout(view, p, tape.gradient(y, p.raw))
             out = []
-            for li in range(n_layers):
-                a = explainer._channels_last(li, tf.cast(acts[li], tf.float32))
-                g = explainer._channels_last(li, tf.cast(grads[li], tf.float32))
-                out.append(_weighted_map(base, a, g, y, options, explainer.eigen_smooth))
+            for li in range(view.n_layers):
+                extras = {"options": base_options} if base.options else {}
+                if "head_weights" in base.extras:
+                    kernel = tf.cast(view.head_weights(li), tf.float32)
+                    extras["head_weights"] = tf.transpose(tf.gather(kernel, ctx.class_index(p.selected, arrays), axis=1))
+                raw = base.fn(p.acts[li], grads[li], y, **extras)
+                out.append(combine_channels(base, raw, p.acts[li], grads[li], view.eigen_smooth))
             return tuple(out)
 
-        return explainer._compile(fn, [explainer._x_spec(), explainer._arrays_spec(ctx.arrays)])
+        return view.compile(fn, [view.input_spec(), view.arrays_spec(ctx.arrays)])
 
-    key = (kind, base.name, ctx.target.trace_key)
-    return list(explainer.cached(key, build)(ctx.x, ctx.arrays))
+    return list(ctx.cached(ctx.key(kind, base.name), build)(ctx.inputs, ctx.arrays))
 
 
-def _smoothgradcampp(ctx):
+def _smoothgradcampp(ctx: MethodContext):
     """Smooth Grad-CAM++ (Omeiza et al. 2019, arXiv:1908.01224).
 
-    Grad-CAM++ (eq. 19) with ``G``, ``G^2`` and ``G^3`` averaged over ``smooth_samples``
+    Grad-CAM++ (eq. 19) with ``G``, ``G^2`` and ``G^3`` averaged over ``n_samples``
     noisy copies ``x + N(0, sigma^2)``, ``sigma = noise_level * (max(x) - min(x))`` per
     example (defaults 8 and 0.1); activations of the clean input. One compiled
     ``tf.while_loop`` over the samples (one batch in memory at a time); the noise is drawn
     with NumPy's generator seeded by the option ``seed`` (default 0), one pattern per sample
-    for the whole batch, so a map does not depend on how examples are batched.
+    for the whole batch, in the explained input's own layout, so a map does not depend on
+    how examples are batched. Only the explained input is noised (other inputs of a
+    multi-input model are kept).
     """
-    explainer = ctx.explainer
-    n = int(_option(ctx.options, "smooth_samples", 8))
-    level = float(_option(ctx.options, "noise_level", 0.1))
-    seed = int(_option(ctx.options, "seed", 0))
-    if n < 1 or level < 0:
-        raise InputError(f"Expected smooth_samples >= 1 and noise_level >= 0. Received: smooth_samples={n}, noise_level={level}")
-    n_layers = len(explainer.layer_names)
+    view = ctx.view
+    n = int(ctx.options["n_samples"])
+    level = float(ctx.options["noise_level"])
+    seed = int(ctx.options["seed"])
 
     def build():
         def grads_at(x, arrays):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(x)
-                acts, outs, logits = explainer._capture(x)
-                y = ctx.target.score(explainer._select(outs, logits), *arrays)
-            g = tape.gradient(y, acts)
-            return [explainer._channels_last(i, tf.cast(t, tf.float32)) for i, t in enumerate(g)], \
-                [explainer._channels_last(i, tf.cast(t, tf.float32)) for i, t in enumerate(acts)]
+                tape.watch(view.main_input(x))
+                p = view.run(x)
+                y = ctx.target.score(p.selected, *arrays)
+            return _grads_in_map_layout(view, p, tape.gradient(y, p.raw)), p.acts
 
-        # drawn on the host once (the input shape is static): identical in eager, graph and XLA
-        patterns = tf.constant(np.random.default_rng(seed).standard_normal((n,) + tuple(explainer._x_spec().shape[1:])),
-                               explainer._x_spec().dtype)
+        # drawn on the host once (the input shape is static): identical in eager, graph and XLA;
+        # drawn channels-last, so a channels_first twin of the model gets the same noise
+        shape = view.input_shape
+        shape_cl = tuple(shape[1:]) + tuple(shape[:1]) if view.channels_first else tuple(shape)
+        patterns = view.image_from_channels_last(
+            tf.constant(np.random.default_rng(seed).standard_normal((n,) + shape_cl), tf.float32))
 
         def fn(x, arrays):
-            axes = list(range(1, len(x.shape)))
-            sigma = level * (tf.reduce_max(x, axis=axes, keepdims=True) - tf.reduce_min(x, axis=axes, keepdims=True))
+            main = tf.cast(view.main_input(x), tf.float32)
+            axes = list(range(1, len(main.shape)))
+            sigma = level * (tf.reduce_max(main, axis=axes, keepdims=True) - tf.reduce_min(main, axis=axes, keepdims=True))
             _, acts = grads_at(x, arrays)
             zeros = tuple(tf.zeros_like(a) for a in acts)
+            rows = tf.range(tf.shape(main)[0])
 
             def body(i, s1, s2, s3):
                 # one noise pattern per sample, shared by the batch: maps do not depend on batching
-                noise = tf.gather(patterns, i)[None]
-                g, _ = grads_at(x + sigma * noise, arrays)
+                noisy = main + sigma * tf.gather(patterns, i)[None]
+                g, _ = grads_at(view.with_image(x, noisy, rows), arrays)
                 return (i + 1, tuple(a + b for a, b in zip(s1, g)),
                         tuple(a + b * b for a, b in zip(s2, g)), tuple(a + b * b * b for a, b in zip(s3, g)))
 
             _, s1, s2, s3 = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), zeros, zeros, zeros))
             maps = []
-            for li in range(n_layers):
+            for li in range(view.n_layers):
                 a = acts[li]
                 g1, g2, g3 = s1[li] / n, s2[li] / n, s3[li] / n
                 ax = _spatial_axes(a)
                 sum_a = tf.reduce_sum(a, axis=ax, keepdims=True)
                 alpha = tf.math.divide_no_nan(g2, 2.0 * g2 + sum_a * g3)
                 w = tf.reduce_sum(alpha * tf.nn.relu(g1), axis=ax)
-                maps.append(maps_ops.weighted_channel_sum(a, w))
+                maps.append(ctx.combine(a, w))
             return tuple(maps)
 
-        return explainer._compile(fn, [explainer._x_spec(), explainer._arrays_spec(ctx.arrays)])
+        return view.compile(fn, [view.input_spec(), view.arrays_spec(ctx.arrays)])
 
-    key = ("smoothgradcam++", n, level, seed, ctx.target.trace_key)
-    return list(explainer.cached(key, build)(ctx.x, ctx.arrays))
+    return list(ctx.cached(ctx.key(n, level, seed), build)(ctx.inputs, ctx.arrays))
 
 
-def _refinecam(ctx):
+def _refinecam(ctx: MethodContext):
     """RefineCAM (Domeniconi et al. 2026, arXiv:2605.14641).
 
     A base CAM (option ``refine_base``, default ``"gradcam++"``) at each of the Explainer's
@@ -351,59 +349,64 @@ def _refinecam(ctx):
     **product** (the engine normalizes the result). Give several layers
     (``layer=[...]``); with one layer it equals the base method.
     """
-    explainer = ctx.explainer
-    base = get_method(_option(ctx.options, "refine_base", "gradcam++"))
+    view = ctx.view
+    base = get_method(ctx.options["refine_base"])
     if base.kind != "cam":
         raise MethodError(f"refine_base must be a CAM method of the shared pass. Received: refine_base={base.name!r}")
-    options = ctx.options
-    n_layers = len(explainer.layer_names)
+    base_options = _base_options(base)
+    size = [int(s) for s in view.spatial_shape]
 
     def build():
         def fn(x, arrays):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(x)
-                acts, outs, logits = explainer._capture(x)
-                sel = explainer._select(outs, logits)
-                y = ctx.target.score(sel, *arrays)
-            grads = tape.gradient(y, acts) if base.needs_gradients else [None] * n_layers
-            size = list(x.shape[1:-1])
+                tape.watch(view.main_input(x))
+                p = view.run(x)
+                y = tf.cast(ctx.target.score(p.selected, *arrays), tf.float32)
+            grads = (_grads_in_map_layout(view, p, tape.gradient(y, p.raw)) if base.needs_gradients
+                     else [tf.zeros_like(a) for a in p.acts])
             product = None
-            for li in range(n_layers):
-                a = explainer._channels_last(li, tf.cast(acts[li], tf.float32))
-                g = tf.zeros_like(a) if grads[li] is None else explainer._channels_last(li, tf.cast(grads[li], tf.float32))
-                extras = {"options": options} if base.options else {}
+            for li in range(view.n_layers):
+                a, g = p.acts[li], grads[li]
+                extras = {"options": base_options} if base.options else {}
                 if "head_weights" in base.extras:
-                    kernel = tf.cast(explainer._head_weights(li), tf.float32)
-                    extras["head_weights"] = tf.transpose(tf.gather(kernel, ctx.target.class_index(sel, *arrays), axis=1))
-                raw = base.fn(a, g, y, **extras)
-                if base.returns == "weights":
-                    raw = maps_ops.weighted_channel_sum(a, raw)
+                    kernel = tf.cast(view.head_weights(li), tf.float32)
+                    extras["head_weights"] = tf.transpose(tf.gather(kernel, ctx.class_index(p.selected, arrays), axis=1))
+                raw = combine_channels(base, base.fn(a, g, y, **extras), a, g, view.eigen_smooth)
                 m = maps_ops.resize_maps(tf.nn.relu(raw), size)
                 peak = tf.reduce_max(m, axis=list(range(1, len(m.shape))), keepdims=True)
                 m = tf.math.divide_no_nan(m, peak)
                 product = m if product is None else product * m
             return product
 
-        return explainer._compile(fn, [explainer._x_spec(), explainer._arrays_spec(ctx.arrays)])
+        return view.compile(fn, [view.input_spec(), view.arrays_spec(ctx.arrays)])
 
-    key = ("refinecam", base.name, ctx.target.trace_key)
-    return explainer.cached(key, build)(ctx.x, ctx.arrays)
+    return ctx.cached(ctx.key(base.name), build)(ctx.inputs, ctx.arrays)
 
+
+_SEED = Option("seed", 0, "int>=0", doc="seed of the method's random numbers")
 
 register(Method("gradcam_elementwise", gradcam_elementwise_map, returns="map",
                 paper="pytorch-grad-cam variant of Selvaraju et al. 2017", aliases=("gradcamelementwise",),
                 elementwise=lambda a, g: tf.nn.relu(g * a)))
 register(Method("segeigencam", segeigencam_map, returns="map", paper="Chung & Ying 2025, Appl. Sci. 15(13) 7562"))
-register(Method("fem", fem_weights, needs_gradients=False, options=("fem_k",), paper="Fuad et al. 2020, IPTA"))
-register(Method("kpcacam", kpcacam_map, returns="map", needs_gradients=False, options=("kpca_gamma", "kpca_coef0"),
+register(Method("fem", fem_weights, needs_gradients=False, options=(Option("fem_k", 2.0, "float"),),
+                paper="Fuad et al. 2020, IPTA"))
+register(Method("kpcacam", kpcacam_map, returns="map", needs_gradients=False,
+                options=(Option("kpca_gamma", None, "float>0", optional=True), Option("kpca_coef0", 1.0, "float")),
                 paper="Karmani et al. 2024, arXiv:2410.00267"))
-register(Method("randomcam", randomcam_weights, needs_gradients=False, options=("seed",),
+register(Method("randomcam", randomcam_weights, needs_gradients=False, options=(_SEED,),
                 paper="baseline (random weights)"))
-register(Method("shapleycam", _shapleycam, kind="runner", options=("shapley_score",),
+register(Method("shapleycam", _shapleycam, kind="runner", eigen_smooth=True,
+                options=(Option("shapley_score", "rest", "choice", choices=("rest", "target")),),
                 paper="Cai 2025, arXiv:2501.06261"))
-register(Method("finercam", _finercam, kind="runner", options=("finer_base", "finer_k", "finer_alpha"),
+register(Method("finercam", _finercam, kind="runner", eigen_smooth=True,
+                options=(Option("finer_base", "gradcam", "any"), Option("finer_k", 3, "int>0"),
+                         Option("finer_alpha", 1.0, "float")),
                 paper="Zhang et al. 2025, arXiv:2501.11309"))
-register(Method("smoothgradcam++", _smoothgradcampp, kind="runner", options=("smooth_samples", "noise_level", "seed"),
+register(Method("smoothgradcam++", _smoothgradcampp, kind="runner", eigen_smooth=True,
+                options=(Option("n_samples", 8, "int>0", deprecated=("smooth_samples",)),
+                         Option("noise_level", 0.1, "float>=0"), _SEED),
                 paper="Omeiza et al. 2019, arXiv:1908.01224", aliases=("smoothgradcampp",)))
-register(Method("refinecam", _refinecam, kind="runner", options=("refine_base",),
+register(Method("refinecam", _refinecam, kind="runner", eigen_smooth=True,
+                options=(Option("refine_base", "gradcam++", "any"),),
                 paper="Domeniconi et al. 2026, arXiv:2605.14641"))
