@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from tfcam.engine import Explainer
-from tfcam.errors import MethodError
+from tfcam.errors import InputError, MethodError
 from tfcam.methods import REGISTRY, get_method
 from tfcam.metrics.coherence import _arcc_values, coherency, complexity
 from tfcam.metrics.faithfulness import (
@@ -39,7 +39,7 @@ _MASK_METRICS = ("pointing_game", "energy_pointing_game")
 
 
 def compare(
-    model: keras.Model,
+    model: keras.Model | Explainer,
     images: Any,
     targets: TargetSpec = None,
     methods: Sequence[str] | None = None,
@@ -50,7 +50,7 @@ def compare(
     steps: int = 25,
     road_percentiles: Sequence[float] = _ROAD_PERCENTILES,
     activation: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     metric_batch_size: int = 128,
     explainer_options: dict | None = None,
     verbose: int = 0,
@@ -65,12 +65,15 @@ def compare(
     traces its compiled step), per image.
 
     Args:
-        model: a Keras model.
+        model: a Keras model, or a ``tfcam.Explainer`` whose settings every method keeps
+            (layers, score, output, reshape, smoothing, batch size and options, from its
+            ``get_config()``; ``layer``, ``batch_size`` and ``explainer_options`` given here
+            override them).
         images: ``(N, *input_shape)`` images.
         targets: as for the Explainer (None: top class).
         methods: method names (default: every method in ``tfcam.METHODS``).
         masks: optional ``(N, *S)`` ground-truth regions.
-        layer: target layer(s) for the Explainer (None: its default).
+        layer: target layer(s) for the Explainer (None: its default, or the given Explainer's).
         metrics: subset of ``("pointing_game", "energy_pointing_game", "deletion_auc",
             "insertion_auc", "average_drop", "increase_in_confidence", "road_morf",
             "road_lerf", "road", "complexity", "coherency", "arcc")`` (default: all that
@@ -78,7 +81,7 @@ def compare(
         steps: deletion/insertion increments.
         road_percentiles: the percentages of pixels ROAD removes.
         activation: see ``Scorer``.
-        batch_size: images per Explainer step.
+        batch_size: images per Explainer step (None: 32, or the given Explainer's).
         metric_batch_size: perturbed images per metric pass.
         explainer_options: method options passed to the Explainer (e.g. ``{"top_k": 32}``).
         verbose: 1 logs progress per method.
@@ -87,12 +90,15 @@ def compare(
         A ``ComparisonTable`` (``rows``, ``results``, ``to_markdown()``).
 
     Raises:
-        MethodError: unknown method or metric. InputError, TargetError: bad inputs.
+        MethodError: unknown method or metric. InputError, TargetError: bad inputs; a
+            multi-input or channels-first model (the metrics perturb one channels-last image).
 
     Example:
 
     >>> table = tfcam.metrics.compare(model, x, y, methods=["gradcam", "gradcam++"], masks=m)
     >>> print(table.to_markdown())
+    >>> vit = tfcam.Explainer(model, reshape="vit", eigen_smooth=True)
+    >>> tfcam.metrics.compare(vit, x, y, methods=["gradcam", "layercam"])  # keeps reshape, eigen_smooth
     """
     names = list(REGISTRY) if methods is None else ([methods] if isinstance(methods, str) else list(methods))
     names = [get_method(n).name for n in names]
@@ -103,13 +109,31 @@ def compare(
                           f"Received: metrics={metrics!r}")
     if masks is None:
         wanted = [m for m in wanted if m not in _MASK_METRICS]
-    scorer = Scorer(model, activation=activation, batch_size=metric_batch_size)
+    if isinstance(model, Explainer):
+        # every method keeps the Explainer's settings (reshape, input, output, score, smoothing, ...)
+        config = model.get_config()
+        model = model.model
+        if layer is not None:
+            config["layer"] = layer
+        if batch_size is not None:
+            config["batch_size"] = batch_size
+    else:
+        config = {"layer": layer, "batch_size": 32 if batch_size is None else batch_size}
+    config.update(explainer_options or {})
+    config["method"] = names[0]
+    explainer = Explainer(model, **config)
+    # the metrics perturb one channels-last image tensor (Scorer); anything else would be scored wrongly
+    if explainer.multi_input or explainer.data_format != "channels_last":
+        raise InputError(
+            "compare needs a single-input model with channels-last images (its metrics perturb one image "
+            "tensor); use sanity_check or the Explainer directly for other models. Received: "
+            f"{len(model.inputs)} model input(s), data_format={explainer.data_format!r}")
+    scorer = Scorer(model, activation=activation, output=explainer._output_index, batch_size=metric_batch_size)
     x = scorer.prepare_images(images)
     target, arrays = scorer.resolve_target(targets, x)
     if masks is not None:
         masks = np.asarray(masks)
         _check_n(len(x), masks, "masks")
-    explainer = Explainer(model, layer=layer, method=names[0], batch_size=batch_size, **(explainer_options or {}))
     rows, results = [], {}
     for name in names:
         if verbose:

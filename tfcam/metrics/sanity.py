@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcam.engine import Explainer
-from tfcam.errors import InputTypeError, ModelError
+from tfcam.errors import InputError, InputTypeError, ModelError
 from tfcam.metrics.results import SanityResult
 from tfcam.targets import TargetSpec
 
@@ -105,10 +105,12 @@ def sanity_check(
 
     Args:
         model: a Sequential or Functional Keras model (nested models are copied too).
-        explainer: a ``tfcam.Explainer`` for ``model`` (re-created on the copy with the same
-            layers, method, score and options), or a callable
+        explainer: a ``tfcam.Explainer`` for ``model`` (re-created on the copy from its
+            ``get_config()``: the same layers, method, score, output, input, reshape, data
+            format, smoothing and options), or a callable
             ``fn(model, images, targets) -> maps (N, *S)`` for any other method.
-        images: ``(N, *input_shape)`` images.
+        images: ``(N, *input_shape)`` images; a list (or dict) of arrays for a multi-input
+            model.
         targets: as for the Explainer.
         seed: seeds the re-drawn weights.
         max_steps: randomize at most this many layers (from the top); None: all.
@@ -119,6 +121,7 @@ def sanity_check(
 
     Raises:
         ModelError: the model cannot be cloned. InputTypeError: a bad explainer.
+        InputError: an Explainer built for another model.
 
     Example:
 
@@ -128,8 +131,11 @@ def sanity_check(
     if not isinstance(model, keras.Model):
         raise InputTypeError(f"Expected a Keras model. Received: model of type {type(model).__name__}")
     if isinstance(explainer, Explainer):
-        settings = dict(layer=explainer.layer_names, method=explainer.method, score=explainer.score,
-                        batch_size=explainer.batch_size, jit_compile=explainer.jit_compile, **explainer.options)
+        if explainer.model is not model:
+            raise InputError("Expected an Explainer built for the model being tested. Received: explainer for "
+                             f"model={explainer.model.name!r}, model={model.name!r}")
+        # every setting (layers, reshape, input, output, score, layout, smoothing, options) carries over
+        settings = explainer.get_config()
 
         on_copy: dict[int, Explainer] = {}
 
@@ -147,14 +153,22 @@ def sanity_check(
     else:
         raise InputTypeError("Expected a tfcam.Explainer or a callable fn(model, images, targets) -> maps. "
                              f"Received: explainer of type {type(explainer).__name__}")
-    x = np.asarray(images.numpy() if isinstance(images, tf.Tensor) else images)
-    if targets is None:
-        preds = model.predict(x, verbose=0)
-        if isinstance(preds, (list, tuple)):
-            preds = preds[0]
-        if np.ndim(preds) == 2:
-            targets = np.asarray(preds).argmax(-1).astype(np.int32)
-    original = run(model, x, targets)
+    # a multi-input model takes a list or dict of arrays
+    x = tf.nest.map_structure(lambda a: np.asarray(a.numpy() if isinstance(a, tf.Tensor) else a), images)
+    if isinstance(explainer, Explainer):
+        # one pass gives the maps and, for None targets, the top class of the explained output
+        res = explainer.explain(x, targets, verbose=0)
+        original = res[explainer.method]
+        if targets is None and np.ndim(res.predictions) == 2:
+            targets = np.asarray(res.predictions).argmax(-1).astype(np.int32)
+    else:
+        if targets is None:
+            preds = model.predict(x, verbose=0)
+            if isinstance(preds, (list, tuple)):
+                preds = preds[0]
+            if np.ndim(preds) == 2:
+                targets = np.asarray(preds).argmax(-1).astype(np.int32)
+        original = run(model, x, targets)
     copy = _copy_model(model)
     layers = _randomizable_layers(copy)
     if max_steps is not None:
