@@ -559,7 +559,11 @@ def test_mirrored_strategy_two_logical_cpus(tmp_path):
 def test_callbacks_exported():
     assert "callbacks" in tfcam.__all__
     for name in tfcam.callbacks.__all__:
-        assert getattr(tfcam.callbacks, name) is not None
+        obj = getattr(tfcam.callbacks, name)
+        assert obj.__name__ == name and obj.__module__.startswith("tfcam.callbacks."), (name, obj)
+    for name in ("HeatmapCallback", "FeatureMapCallback", "ConfusionMatrixCallback", "ProbabilityMapCallback"):
+        assert issubclass(getattr(tfcam.callbacks, name), SummaryCallback)
+    assert issubclass(SummaryCallback, keras.callbacks.Callback)
 
 
 def test_an_explainer_kept_while_training_reads_the_current_head_weights():
