@@ -559,7 +559,11 @@ def test_mirrored_strategy_two_logical_cpus(tmp_path):
 def test_callbacks_exported():
     assert "callbacks" in tfcam.__all__
     for name in tfcam.callbacks.__all__:
-        assert getattr(tfcam.callbacks, name) is not None
+        obj = getattr(tfcam.callbacks, name)
+        assert obj.__name__ == name and obj.__module__.startswith("tfcam.callbacks."), (name, obj)
+    for name in ("HeatmapCallback", "FeatureMapCallback", "ConfusionMatrixCallback", "ProbabilityMapCallback"):
+        assert issubclass(getattr(tfcam.callbacks, name), SummaryCallback)
+    assert issubclass(SummaryCallback, keras.callbacks.Callback)
 
 
 def test_an_explainer_kept_while_training_reads_the_current_head_weights():
@@ -594,3 +598,29 @@ def test_max_images_cuts_images_targets_and_masks_alike(tmp_path):
     np.testing.assert_allclose(np.stack(ev["gradcam/c2"][0][1]).astype(int), want.astype(int), atol=1)
     frac = [maps[i][masks[i]].sum() / maps[i].sum() for i in range(3)]
     assert ev["gradcam/c2/energy_in_mask"][0][1] == pytest.approx(float(np.mean(frac)), abs=1e-5)
+
+
+def test_a_writer_that_fails_to_close_is_logged(tmp_path, caplog):
+    class Broken:
+        closed = False
+
+        def flush(self):
+            raise OSError("disk full")
+
+        def close(self):
+            self.closed = True
+
+    class Noop(SummaryCallback):
+        default_subdir = "noop"
+
+        def log_epoch(self, epoch, logs):
+            pass
+
+    cb = Noop(str(tmp_path))
+    cb._writer = Broken()
+    with caplog.at_level(logging.WARNING, logger="tfcam"):
+        cb.close()  # does not raise
+    assert cb._writer is None
+    msgs = [r.getMessage() for r in caplog.records if r.name == "tfcam" and r.levelno == logging.WARNING]
+    assert msgs == ["tfcam could not close a summary writer; summaries not yet flushed may be lost. "
+                    "Reason: OSError: disk full"]

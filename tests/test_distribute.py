@@ -1,8 +1,10 @@
-"""explain_dataset under tf.distribute.MirroredStrategy over two logical CPU devices.
+"""explain_dataset under tf.distribute: MirroredStrategy over two logical CPU devices, and
+MultiWorkerMirroredStrategy over two worker processes on loopback.
 
 Logical devices must be configured before TensorFlow initializes its devices, which the
-test process has already done; so the body runs in a fresh interpreter (a small script)
-that prints its measurements as JSON, and the assertions are made here.
+test process has already done, and each worker of a cluster is its own process; so the
+bodies run in fresh interpreters (small scripts) that print their measurements as JSON or
+write shards, and the assertions are made here.
 """
 
 import json
@@ -115,3 +117,101 @@ def test_mirrored_strategy_equals_single_device(tmp_path):
         assert out[key] < 1e-5, (key, out[key])
     assert out["order_batch5"] and out["order_batch2"] and out["order_batch11"] and out["order_resumed"]
     assert out["resume_skipped"] == 8 and out["resume_computed"] == 3
+
+
+WORKER = textwrap.dedent(
+    r'''
+    import json, os, sys
+    import numpy as np
+    import tensorflow as tf
+
+    import tfcam
+    from conftest import small_cnn
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG
+    task = strategy.cluster_resolver.task_id
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(11, 16, 16, 3)).astype("float32")
+    y = rng.integers(0, 4, 11)
+    ex = tfcam.Explainer(small_cnn(), layer="c2", batch_size=2)  # seeded: the same weights in every process
+    # every worker reads the same, unsharded dataset; global batches 4, 4, 3 (the last one padded)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    shards = ex.explain_dataset(ds, targets="labels", methods=["gradcam", "layercam"],
+                                output=os.path.join(sys.argv[1], f"worker{task}"), shard_size=4,
+                                strategy=strategy, verbose=0)
+    print("RESULT " + json.dumps({"task": task, "replicas": strategy.num_replicas_in_sync,
+                                  "examples": len(shards), "computed": shards.computed_examples}))
+    '''
+)
+
+
+def _free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_strategy_two_processes(tmp_path, cnn):
+    """Two worker processes on loopback, one CPU replica each: the chief's shards equal a single-process run."""
+    import numpy as np
+    import tensorflow as tf
+
+    import tfcam
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    out = tmp_path / "out"
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
+                   TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="",
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        procs.append(subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env))
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=120))
+    finally:
+        for p in procs:  # a worker left waiting for its peer must not outlive the test
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    results = {}
+    for p, (stdout, stderr) in zip(procs, logs):
+        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+        assert p.returncode == 0 and lines, stdout[-3000:] + stderr[-3000:]
+        r = json.loads(lines[-1][len("RESULT "):])
+        results[r["task"]] = r
+    assert sorted(results) == [0, 1]
+    for r in results.values():
+        assert r["replicas"] == 2 and r["examples"] == 11 and r["computed"] == 11
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(11, 16, 16, 3)).astype("float32")
+    y = rng.integers(0, 4, 11)
+    ex = tfcam.Explainer(cnn, layer="c2", batch_size=2)
+    single = ex.explain_dataset(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), targets="labels",
+                                methods=["gradcam", "layercam"], output=str(tmp_path / "single"), shard_size=4,
+                                verbose=0)
+    chief = tfcam.ExplanationShards(out / "worker0")
+    with open(out / "worker0" / "index.json") as f, open(tmp_path / "single" / "index.json") as g:
+        assert json.load(f)["fingerprint"] == json.load(g)["fingerprint"]  # same model weights, settings
+    assert chief.complete and [e["count"] for e in chief.shards] == [4, 4, 3]
+    for name in ("worker0", "worker1"):
+        got = tfcam.ExplanationShards(out / name)
+        for a, b in zip(got, single, strict=True):
+            np.testing.assert_array_equal(a.indices, b.indices)
+            np.testing.assert_array_equal(a.labels, b.labels)
+            for m in ("gradcam", "layercam"):
+                np.testing.assert_allclose(a[m], b[m], atol=1e-5)
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(a.predictions, b.predictions, rtol=1e-5, atol=1e-5)

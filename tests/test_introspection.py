@@ -70,7 +70,13 @@ def test_filters_rgb_first_layer(cnn):
         kk = k[..., o]
         np.testing.assert_allclose(f.images[o], (kk - kk.min()) / (kk.max() - kk.min()), rtol=1e-5)
     assert f.grid(scale=2).shape == (3 * (6 + 1) - 1, 3 * (6 + 1) - 1, 3)
-    assert tfcam.plot(f) is not None
+    fig = tfcam.plot(f)
+    (ax,) = fig.axes
+    np.testing.assert_array_equal(ax.images[0].get_array(), f.grid())  # the mosaic of the 8 filters
+    assert ax.get_title() == "c1: 8 filters (RGB)"
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def test_filters_of_a_deeper_layer(cnn):

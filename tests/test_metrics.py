@@ -527,3 +527,84 @@ def test_sanity_check_nested_model_copy(rng):
     assert not np.allclose(res.maps[2], res.maps[0])
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------- Explainer settings in the metrics
+def _token_model(seed=4):
+    """Patches -> tokens (N, 16, 6) -> a token-wise Dense -> mean -> softmax: needs reshape=(4, 4)."""
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    t = L.Reshape((16, 6), name="tokens")(L.Conv2D(6, 2, strides=2, name="patch")(inp))
+    h = L.Dense(6, activation="relu", name="mix")(t)
+    return keras.Model(inp, L.Dense(3, activation="softmax", name="head")(L.GlobalAveragePooling1D()(h)))
+
+
+def _two_input_model(seed=6):
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    img, sig = keras.Input((8, 8, 3), name="img"), keras.Input((10, 2), name="sig")
+    a = L.Conv2D(4, 3, activation="relu", name="img_conv")(img)
+    b = L.Conv1D(5, 3, activation="relu", name="sig_conv")(sig)
+    c = L.Concatenate()([L.GlobalAveragePooling2D()(a), L.GlobalAveragePooling1D()(b)])
+    return keras.Model([img, sig], L.Dense(3, activation="softmax", name="head")(c))
+
+
+def test_get_config_rebuilds_the_explainer(rng):
+    model = _token_model()
+    x = rng.uniform(size=(3, 8, 8, 3)).astype(np.float32)
+    ex = tfcam.Explainer(model, layer=model.get_layer("mix"), method="Grad-CAM++", reshape=(4, 4),
+                         score="probability", eigen_smooth=True, batch_size=2, top_k=3)
+    cfg = ex.get_config()
+    assert cfg == {"layer": "mix", "method": "gradcam++", "score": "probability", "output": None, "input": None,
+                   "reshape": (4, 4), "data_format": None, "batch_size": 2, "jit_compile": None,
+                   "run_eagerly": False, "eigen_smooth": True, "aug_smooth": False, "top_k": 3}
+    cfg["batch_size"] = 99  # a copy: the Explainer's own config is unchanged
+    assert ex.get_config()["batch_size"] == 2
+    twin = tfcam.Explainer(keras.models.clone_model(model), **ex.get_config())
+    twin.model.set_weights(model.get_weights())
+    assert twin.get_config() == ex.get_config() and twin.options == {"top_k": 3}
+    np.testing.assert_allclose(twin(x, targets=1), ex(x, targets=1), atol=1e-6)
+    ex2 = tfcam.Explainer(_two_input_model(), ["sig_conv"], input="sig", aug_smooth=True)
+    assert ex2.get_config()["input"] == "sig" and ex2.get_config()["layer"] == "sig_conv"
+
+
+def test_compare_keeps_the_explainers_settings(rng):
+    model = _token_model()
+    x = rng.uniform(size=(4, 8, 8, 3)).astype(np.float32)
+    ex = tfcam.Explainer(model, layer="mix", reshape=(4, 4), eigen_smooth=True, score="probability")
+    table = M.compare(ex, x, targets=[0, 1, 2, 0], methods=["gradcam", "layercam"],
+                      metrics=["deletion_auc", "complexity"], steps=4)
+    assert [r["method"] for r in table.rows] == ["gradcam", "layercam"]
+    for name in ("gradcam", "layercam"):
+        # the same maps as the Explainer gives: reshape, eigen_smooth and score were kept
+        maps = ex.explain(x, [0, 1, 2, 0], methods=[name], verbose=0)[name]
+        want = M.deletion_auc(model, x, maps, targets=[0, 1, 2, 0], steps=4)
+        np.testing.assert_allclose(table.results[name]["deletion_auc"].values, want.values, atol=1e-6)
+        np.testing.assert_allclose(table.results[name]["complexity"].values, M.complexity(maps).values, atol=1e-6)
+    with pytest.raises(tfcam.LayerError):  # without reshape the token layer cannot be explained
+        M.compare(model, x, methods=["gradcam"], layer="mix", metrics=["complexity"])
+    with pytest.raises(InputError, match="single-input.*Received: 2 model input"):
+        M.compare(tfcam.Explainer(_two_input_model(), input="sig"), [x, x[:, :2, :, 0]], methods=["gradcam"])
+
+
+@pytest.mark.parametrize("kind", ["reshape", "input"])
+def test_sanity_check_keeps_the_explainers_settings(kind, rng):
+    if kind == "reshape":
+        model = _token_model()
+        x = rng.uniform(size=(3, 8, 8, 3)).astype(np.float32)
+        ex = tfcam.Explainer(model, layer="mix", reshape=(4, 4), method="layercam")
+        spatial = (8, 8)
+    else:
+        model = _two_input_model()
+        x = [rng.uniform(size=(3, 8, 8, 3)).astype(np.float32), rng.normal(size=(3, 10, 2)).astype(np.float32)]
+        ex = tfcam.Explainer(model, input="sig", method="layercam")
+        spatial = (10,)
+    res = M.sanity_check(model, ex, x, max_steps=2)
+    assert res.layers == ["head", "mix" if kind == "reshape" else "sig_conv"]
+    assert res.maps.shape == (3, 3) + spatial  # maps of the explained input, at its size
+    want = ex.explain(x, None, verbose=0)
+    np.testing.assert_allclose(res.maps[0], want["layercam"], atol=1e-6)
+    assert np.all(np.abs(res.spearman) <= 1.0) and not np.allclose(res.maps[1], res.maps[0])
+    with pytest.raises(InputError, match="another model|Received: explainer for"):
+        M.sanity_check(small_cnn(), ex, x)

@@ -1,3 +1,6 @@
+import re
+import types
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,7 +11,17 @@ from tfcam.targets import ClassTarget, MultiLabelTarget, SegmentationTarget
 
 def test_public_api_resolves():
     for name in tfcam.__all__:
-        assert getattr(tfcam, name) is not None
+        obj = getattr(tfcam, name)
+        if name == "__version__":
+            assert re.fullmatch(r"\d+\.\d+\.\d+", obj)
+        elif name in ("METHODS", "COLORMAPS"):
+            assert isinstance(obj, tuple) and obj and all(isinstance(v, str) for v in obj)
+        elif isinstance(obj, types.ModuleType):
+            assert obj.__name__ == f"tfcam.{name}"  # the submodule itself, not a same-named function
+        else:  # a function or class defined in tfcam under its own name
+            assert obj.__name__ == name and obj.__module__.startswith("tfcam."), (name, obj)
+            if name.endswith("Error"):
+                assert issubclass(obj, tfcam.TfcamError)
     assert {"gradcam", "gradcam++", "cam", "eigencam"} <= set(tfcam.METHODS)
 
 

@@ -108,7 +108,16 @@ def test_refinecam_is_the_product_of_per_layer_maps(cnn, rng):
     # with one layer it is the base method
     one = tfcam.Explainer(cnn, "c2", method="refinecam")(x, classes)
     np.testing.assert_allclose(one, tfcam.Explainer(cnn, "c2", method="gradcam++")(x, classes), atol=1e-5)
-    assert gradcampp is not None
+    # and that base map is Grad-CAM++ (eq. 19) of c2, from an independent tape on the logits
+    W, b = cnn.get_layer("head").get_weights()
+    with tf.GradientTape() as tape:
+        a = keras.Model(cnn.inputs[0], cnn.get_layer("c2").output)(x)
+        tape.watch(a)
+        y = tf.gather(tf.reduce_mean(a, axis=(1, 2)) @ W + b, classes, axis=1, batch_dims=1)
+    A, G = a.numpy().astype(np.float64), tape.gradient(y, a).numpy().astype(np.float64)
+    want = np.stack([gradcampp(A[i].reshape(-1, 6), G[i].reshape(-1, 6)).reshape(12, 12) for i in range(2)])
+    assert want.max() > 0
+    np.testing.assert_allclose(raw["c2"], want, rtol=1e-4, atol=1e-6 * want.max())
 
 
 def test_randomcam_is_a_seeded_baseline(cnn, rng):

@@ -21,18 +21,40 @@ import tensorflow as tf
 
 from tfcam import maps as maps_ops
 from tfcam.context import MethodContext, MethodOptions, ModelView, combine_channels
-from tfcam.errors import InputError, LayerError, MethodError, TargetError
+from tfcam.errors import InputError, InputTypeError, LayerError, MethodError, TargetError, TfcamError
 from tfcam.layers import LayerRef, LayerSpec, grid_to_tokens, resolve_layers, tokens_to_grid
 from tfcam.methods import REGISTRY, Method, get_method
 from tfcam.targets import Target, TargetSpec, as_target
 from tfcam.validation import as_image_array, resolve_index
 
-__all__ = ["Explainer", "Explanation"]
+__all__ = ["Explainer", "Explanation", "register_dataset_runner"]
 
 logger = logging.getLogger("tfcam")
 
 _SCORES = ("logit", "probability")
 _FORMATS = ("channels_last", "channels_first")
+
+# Filled by tfcam.dataset when it is imported (tfcam/__init__ imports it): the engine never
+# imports the dataset layer, which sits above it.
+_dataset_runner: Callable[..., Any] | None = None
+
+
+def register_dataset_runner(fn: Callable[..., Any]) -> None:
+    """Sets the function ``Explainer.explain_dataset`` delegates to.
+
+    ``tfcam.dataset`` registers its ``explain_dataset`` when imported; another dataset layer
+    can replace it.
+
+    Args:
+        fn: ``fn(explainer, dataset, targets, methods, output, **kwargs) -> result``.
+
+    Raises:
+        InputTypeError: ``fn`` is not callable.
+    """
+    global _dataset_runner
+    if not callable(fn):
+        raise InputTypeError(f"Expected a callable dataset runner. Received: fn={fn!r}")
+    _dataset_runner = fn
 
 
 class Explanation(dict):
@@ -156,6 +178,35 @@ class Explainer:
         self._map_ranks = [self._check_map_rank(li) for li in range(len(self._layers))]
         self._steps: dict[Any, Any] = {}
         self._trace_count = 0
+        # for get_config: the arguments as given, layers as paths (no object of this model)
+        paths = self.layer_names
+        self._config: dict[str, Any] = dict(
+            layer=paths[0] if len(paths) == 1 else paths, method=self.method, score=score, output=output,
+            input=input, reshape=reshape, data_format=data_format, batch_size=self.batch_size,
+            jit_compile=jit_compile, run_eagerly=self.run_eagerly, eigen_smooth=self.eigen_smooth,
+            aug_smooth=self.aug_smooth, **options)
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments except the model: ``Explainer(model, **config)`` rebuilds it.
+
+        Layers are given by path (``"nested/inner"``), so the config holds no object of this
+        model and applies to another model with the same layer names (a
+        ``keras.models.clone_model`` copy, the same architecture retrained). The method is
+        its registry name; everything else is as given to the constructor (``jit_compile=None``
+        stays None, ``reshape`` may be a callable).
+
+        Returns:
+            A new dict with ``layer``, ``method``, ``score``, ``output``, ``input``,
+            ``reshape``, ``data_format``, ``batch_size``, ``jit_compile``, ``run_eagerly``,
+            ``eigen_smooth``, ``aug_smooth`` and the method options.
+
+        Example:
+
+        >>> ex = tfcam.Explainer(model, layer="conv5", method="scorecam", top_k=8)
+        >>> twin = tfcam.Explainer(retrained_model, **ex.get_config())
+        >>> per_method = tfcam.Explainer(model, **{**ex.get_config(), "method": "layercam"})
+        """
+        return dict(self._config)
 
     def cached(self, key: Any, build) -> Any:
         """The Explainer's cache of compiled functions (``build()`` runs once per key)."""
@@ -659,10 +710,14 @@ class Explainer:
 
         See ``tfcam.dataset.explain_dataset`` for the arguments (writers, resumption,
         ``strategy=``).
-        """
-        from tfcam.dataset import explain_dataset
 
-        return explain_dataset(self, dataset, targets, methods, output, **kwargs)
+        Raises:
+            TfcamError: no dataset runner is registered (``tfcam.dataset`` was not imported).
+        """
+        if _dataset_runner is None:
+            raise TfcamError("explain_dataset needs tfcam.dataset, which registers itself when imported "
+                             "(`import tfcam` does). Received: no registered dataset runner")
+        return _dataset_runner(self, dataset, targets, methods, output, **kwargs)
 
     def __call__(
         self,

@@ -115,8 +115,10 @@ def _close_writer(writer: Any) -> None:
     try:
         writer.flush()
         writer.close()
-    except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to tell
-        pass
+    except Exception as err:  # noqa: BLE001 - closing never raises (it also runs from a finalizer)
+        # say so: the summaries not yet flushed may be lost
+        logger.warning("tfcam could not close a summary writer; summaries not yet flushed may be lost. "
+                       "Reason: %s: %s", type(err).__name__, err)
 
 
 class SummaryCallback(keras.callbacks.Callback):
