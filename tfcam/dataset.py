@@ -37,6 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcam._tracing import function as tfcam_function
 from tfcam.engine import Explainer, Explanation
 from tfcam.errors import InputError, InputTypeError, MethodError, TargetError
 from tfcam.methods import get_method
@@ -740,7 +741,7 @@ def _distributed_step(step: Any, strategy: tf.distribute.Strategy) -> Any:
             # which would not accept the per-replica values
             per_replica = strategy.run(lambda xb, ab: step(xb, ab), args=values)
             return tf.nest.map_structure(lambda t: strategy.gather(t, axis=0), per_replica)
-        fn = tf.function(run, autograph=False, reduce_retracing=True)
+        fn = tfcam_function(run, autograph=False, reduce_retracing=True)
         per_strategy[strategy] = fn
     return fn
 

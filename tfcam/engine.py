@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcam import maps as maps_ops
+from tfcam._tracing import function as tfcam_function
 from tfcam.errors import InputError, LayerError, MethodError, TargetError
 from tfcam.layers import (
     LayerRef,
@@ -428,8 +429,9 @@ class Explainer:
             return fn
         # autograph=False: the step has no data-dependent Python control flow, and our own
         # errors raised while tracing must reach the user unwrapped.
-        return tf.function(fn, input_signature=input_signature, jit_compile=self.jit_compile,
-                           autograph=False, reduce_retracing=True)
+        # tfcam_function: one retracing counter per compiled function, see tfcam._tracing
+        return tfcam_function(fn, input_signature=input_signature, jit_compile=self.jit_compile,
+                              autograph=False, reduce_retracing=True)
 
     def _x_spec(self) -> tf.TensorSpec | list[tf.TensorSpec]:
         """The input signature of ``x``: one spec, or a list of them for multi-input models."""

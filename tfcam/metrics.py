@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcam._tracing import function as tfcam_function
 from tfcam.errors import InputError, InputTypeError, MethodError, ModelError, TargetError
 from tfcam.targets import ClassTarget, Target, TargetSpec, as_target
 
@@ -267,8 +268,8 @@ class Scorer:
         return out
 
     def _compile(self, fn, signature):
-        return tf.function(fn, input_signature=signature, jit_compile=self.jit_compile, autograph=False,
-                           reduce_retracing=True)
+        return tfcam_function(fn, input_signature=signature, jit_compile=self.jit_compile, autograph=False,
+                              reduce_retracing=True)
 
     @staticmethod
     def _spec(a) -> tf.TensorSpec:
