@@ -16,12 +16,13 @@ user's own functions and TensorFlow's logger are left alone.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["function"]
+__all__ = ["function", "CompiledCache"]
 
 
 def function(fn: Callable[..., Any], **kwargs: Any) -> Any:
@@ -39,3 +40,32 @@ def function(fn: Callable[..., Any], **kwargs: Any) -> Any:
     wrapped.__name__ = getattr(fn, "__name__", "tfcam_function")
     wrapped.__qualname__ = getattr(fn, "__qualname__", wrapped.__name__)
     return tf.function(wrapped, **kwargs)
+
+
+class CompiledCache(OrderedDict):
+    """A dict of compiled functions that keeps the ``maxsize`` most recently used ones.
+
+    The Explainer keys its compiled steps by the target's ``trace_key``; for a
+    ``CallableTarget`` that is the user's function, so a loop explaining with a new lambda
+    each time would otherwise keep every step (and every lambda) alive. An evicted step is
+    rebuilt (and traced again) when its key comes back.
+
+    Args:
+        maxsize: how many entries to keep (at least 1).
+    """
+
+    def __init__(self, maxsize: int = 32):
+        super().__init__()
+        self.maxsize = max(1, int(maxsize))
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        if key in self:
+            self.move_to_end(key)
+            return super().__getitem__(key)
+        return default
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.maxsize:
+            self.popitem(last=False)

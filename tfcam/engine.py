@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcam import maps as maps_ops
+from tfcam._tracing import CompiledCache
 from tfcam._tracing import function as tfcam_function
 from tfcam.errors import InputError, LayerError, MethodError, TargetError
 from tfcam.layers import (
@@ -42,6 +43,7 @@ logger = logging.getLogger("tfcam")
 
 _SCORES = ("logit", "probability")
 _FORMATS = ("channels_last", "channels_first")
+_MAX_COMPILED = 16  # compiled steps (and score functions) kept per Explainer, most recently used
 
 
 class Explanation(dict):
@@ -223,7 +225,8 @@ class Explainer:
         self._capture = build_capture_model(model, self._layers, want_logits=(score == "logit"))
         self._map_ranks = [self._check_map_rank(li) for li in range(len(self._layers))]
         self._output_index = self._resolve_output(output)
-        self._steps: dict[Any, Any] = {}
+        # bounded: keys hold user callables of CallableTargets (see tfcam._tracing)
+        self._steps: CompiledCache = CompiledCache(_MAX_COMPILED)
         self._trace_count = 0
         self._head_kernels: dict[int, Any] = {}
         known = sorted({o for m in REGISTRY.values() for o in m.options})
@@ -235,9 +238,9 @@ class Explainer:
             )
         self.options: dict[str, Any] = dict(options)
         self._forward = None
-        self._score_fns: dict[Any, Any] = {}
+        self._score_fns: CompiledCache = CompiledCache(_MAX_COMPILED)
         self._post_fns: dict[Any, Any] = {}
-        self._runner_fns: dict[Any, Any] = {}
+        self._runner_fns: CompiledCache = CompiledCache(4 * _MAX_COMPILED)
 
     def cached(self, key: Any, build) -> Any:
         """A per-Explainer cache for compiled functions of runner methods (built once)."""
