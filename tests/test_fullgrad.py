@@ -90,12 +90,17 @@ def _reference(separate, x, classes, bn=True):
             biases.append(beta - mu * gamma / np.sqrt(var + layer.epsilon))
         else:
             biases.append(layer.get_weights()[-1])
+    def psi_sum(term):
+        """eq. 5's sum over channels of psi(channel): each channel of (h, w, C) resized to the
+        input (cv2 bilinear) and min-max scaled on its own, then summed."""
+        return sum(_minmax(cv2.resize(term[..., c].astype(np.float32), (H, H), interpolation=cv2.INTER_LINEAR))
+                   for c in range(term.shape[-1]))
+
     maps = []
     for i in range(len(x)):
-        total = _minmax(np.abs(x[i] * dx[i]).sum(-1))
+        total = psi_sum(np.abs(x[i] * dx[i]))  # input channels too
         for b, g in zip(biases, gs):
-            term = np.abs(b * g[i]).sum(-1).astype(np.float32)
-            total = total + _minmax(cv2.resize(term, (H, H), interpolation=cv2.INTER_LINEAR))
+            total = total + psi_sum(np.abs(b * g[i]))
         maps.append(_minmax(total))
     return np.stack(maps), logits.numpy()
 

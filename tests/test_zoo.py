@@ -55,7 +55,22 @@ def test_shapleycam_plain_target_score_option(rng):
     assert not np.allclose(rest, plain)
 
 
-def test_finercam_equals_gradcam_of_the_contrastive_direction(cnn, rng):
+def _finer_dscore_dz(z, c, others, alpha):
+    """d/dz of f = sum_j p_j (z_c - alpha z_j) / sum_j p_j, p = softmax(z), by the quotient
+    rule with dp_j/dz_m = p_j (delta_jm - p_m): the weights are differentiated too."""
+    k = len(z)
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    eye = np.eye(k)
+    d = np.array([z[c] - alpha * z[j] for j in others])
+    dp = np.stack([p[j] * (eye[j] - p) for j in others])  # (J, K): dp_j/dz
+    dd = np.stack([eye[c] - alpha * eye[j] for j in others])  # (J, K): dd_j/dz
+    num, den = sum(p[j] * d[i] for i, j in enumerate(others)), sum(p[j] for j in others)
+    dnum = (dp * d[:, None]).sum(axis=0) + sum(p[j] * dd[i] for i, j in enumerate(others))
+    dden = dp.sum(axis=0)
+    return (dnum * den - num * dden) / den**2
+
+
+def test_finercam_matches_numpy_transcription(cnn, rng):
     x = rng.uniform(size=(3, 16, 16, 3)).astype(np.float32)
     classes = np.array([0, 1, 3])
     head = cnn.get_layer("head")
@@ -66,12 +81,20 @@ def test_finercam_equals_gradcam_of_the_contrastive_direction(cnn, rng):
                                                                                      normalize=False)
     for i, c in enumerate(classes):
         z = logits[i]
-        others = [j for j in np.argsort(np.abs(z - z[c])) if j != c][:2]
-        p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-        v = np.eye(4)[c] - 0.7 * sum(p[j] * np.eye(4)[j] for j in others) / sum(p[j] for j in others)
+        others = [j for j in np.argsort(np.abs(z - z[c])) if j != c][:2]  # nearest logits, target excluded
         A = A_all[i].reshape(-1, 6)
-        want = relu(A @ (W @ v) / A.shape[0])  # Grad-CAM weights of a linear score over GAP
+        # logits = GAP(A) @ W + b: dy/dA_k(s) = (W @ df/dz)_k / |S|; Grad-CAM weights = that mean
+        want = relu(A @ (W @ _finer_dscore_dz(z, c, others, 0.7)) / A.shape[0])
         np.testing.assert_allclose(raw[i].ravel(), want, rtol=1e-4, atol=1e-7)
+    # the finite-difference derivative of the transcription agrees with its closed form
+    z, c, others = logits[0], classes[0], [j for j in np.argsort(np.abs(logits[0] - logits[0][0])) if j != 0][:2]
+
+    def f(z):
+        p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        return sum(p[j] * (z[c] - 0.7 * z[j]) for j in others) / sum(p[j] for j in others)
+
+    fd = np.array([(f(z + 1e-6 * e) - f(z - 1e-6 * e)) / 2e-6 for e in np.eye(4)])
+    np.testing.assert_allclose(_finer_dscore_dz(z, c, others, 0.7), fd, rtol=1e-5, atol=1e-8)
 
 
 def test_smoothgradcampp_without_noise_is_gradcampp(cnn, rng):

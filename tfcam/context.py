@@ -23,6 +23,8 @@ import keras
 import tensorflow as tf
 
 from tfcam import maps as maps_ops
+from tfcam._tracing import CompiledCache
+from tfcam._tracing import function as tfcam_function
 from tfcam.errors import LayerError, MethodError, TargetError
 from tfcam.graph import Rewrite, needs_inputs, run_graph
 from tfcam.layers import LayerRef, find_cam_head, logit_layers
@@ -117,7 +119,8 @@ class ModelView:
         self.n_inputs = len(model.inputs)
         self._logit_layers = logit_layers(model) if score == "logit" else [None] * len(model.outputs)
         self._rewrite = Rewrite(capture=tuple(r.layer for r in self.layers), logits=score == "logit")
-        self._cache: dict[Any, Any] = {}
+        # bounded: keys hold user callables of CallableTargets (see tfcam._tracing)
+        self._cache: CompiledCache = CompiledCache(64)
         self._head: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ static facts
@@ -274,15 +277,16 @@ class ModelView:
             return fn
         # autograph=False: no data-dependent Python control flow, and our own errors raised
         # while tracing reach the user unwrapped
-        return tf.function(fn, input_signature=input_signature, jit_compile=self.jit_compile,
+        return tfcam_function(fn, input_signature=input_signature, jit_compile=self.jit_compile,
                            autograph=False, reduce_retracing=True)
 
     def cached(self, key: Any, build: Callable[[], Any]) -> Any:
         """One cache per Explainer: ``build()`` runs once per key (only kept on success)."""
-        if key not in self._cache:
+        value = self._cache.get(key)
+        if value is None:
             value = build()
             self._cache[key] = value
-        return self._cache[key]
+        return value
 
     def head_weights(self, li: int) -> Any:
         """The ``(C, K)`` kernel of a GAP + Dense head after layer ``li`` (CAM)."""

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcam import maps as maps_ops
+from tfcam._tracing import function as tfcam_function
 from tfcam.engine import Explainer
 from tfcam.errors import InputError, MethodError
 from tfcam.layers import LayerSpec, find_cam_head, resolve_layers
@@ -56,8 +57,8 @@ def _nmf_function(k: int, n_iter: int, jit_compile: bool):
         _, w, h = tf.while_loop(lambda i, w, h: i < n_iter, body, (tf.constant(0), w0, h0))
         return w, h
 
-    return tf.function(run, jit_compile=jit_compile, autograph=False, reduce_retracing=True,
-                       input_signature=[tf.TensorSpec((None, None), tf.float32), tf.TensorSpec((), tf.int32)])
+    return tfcam_function(run, jit_compile=jit_compile, autograph=False, reduce_retracing=True,
+                          input_signature=[tf.TensorSpec((None, None), tf.float32), tf.TensorSpec((), tf.int32)])
 
 
 def _check_int(name: str, value: Any, low: int = 1) -> int:

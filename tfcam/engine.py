@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcam import maps as maps_ops
+from tfcam._tracing import CompiledCache
 from tfcam.context import MethodContext, MethodOptions, ModelView, combine_channels
 from tfcam.errors import InputError, InputTypeError, LayerError, MethodError, TargetError, TfcamError
 from tfcam.layers import LayerRef, LayerSpec, grid_to_tokens, resolve_layers, tokens_to_grid
@@ -32,7 +33,9 @@ __all__ = ["Explainer", "Explanation", "register_dataset_runner"]
 logger = logging.getLogger("tfcam")
 
 _SCORES = ("logit", "probability")
+_MAX_COMPILED = 16  # compiled steps kept per Explainer, most recently used
 _FORMATS = ("channels_last", "channels_first")
+_MAX_COMPILED = 16  # compiled steps (and score functions) kept per Explainer, most recently used
 
 # Filled by tfcam.dataset when it is imported (tfcam/__init__ imports it): the engine never
 # imports the dataset layer, which sits above it.
@@ -176,7 +179,8 @@ class Explainer:
             jit_compile=self.jit_compile, run_eagerly=self.run_eagerly, batch_size=self.batch_size,
             eigen_smooth=self.eigen_smooth)
         self._map_ranks = [self._check_map_rank(li) for li in range(len(self._layers))]
-        self._steps: dict[Any, Any] = {}
+        # bounded: keys hold user callables of CallableTargets (see tfcam._tracing)
+        self._steps: CompiledCache = CompiledCache(_MAX_COMPILED)
         self._trace_count = 0
         # for get_config: the arguments as given, layers as paths (no object of this model)
         paths = self.layer_names

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcam._tracing import function as tfcam_function
 from tfcam.errors import InputError, InputTypeError, LayerError
 from tfcam.graph import Rewrite, run_graph
 from tfcam.layers import LayerRef, LayerSpec, _check_model, iter_layers
@@ -210,8 +211,8 @@ def feature_maps(model: keras.Model, images: Any, layer: LayerSpec, *, batch_siz
     key = ("forward", id(ref.layer))
     if key not in store:
         spec = tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), model.inputs[0].dtype)
-        store[key] = tf.function(lambda x: tf.cast(view(x, training=False), tf.float32),
-                                 input_signature=[spec], autograph=False)
+        store[key] = tfcam_function(lambda x: tf.cast(view(x, training=False), tf.float32),
+                                    input_signature=[spec], autograph=False)
     fwd = store[key]
     x = _images(model, images)
     out = [fwd(tf.convert_to_tensor(x[i:i + batch_size])).numpy() for i in range(0, x.shape[0], batch_size)]
@@ -439,8 +440,8 @@ def maximize_activation(
 
         f32 = tf.TensorSpec([], tf.float32)
         i32 = tf.TensorSpec([], tf.int32)
-        store[key] = tf.function(run, input_signature=[tf.TensorSpec([None], tf.int32), i32, f32, i32, f32, f32,
-                                                       f32, f32, i32], autograph=False)
+        store[key] = tfcam_function(run, input_signature=[tf.TensorSpec([None], tf.int32), i32, f32, i32, f32, f32,
+                                                          f32, f32, i32], autograph=False)
     x, values = store[key](tf.constant(units, tf.int32), tf.constant(int(steps)), tf.constant(float(learning_rate)),
                            tf.constant(int(jitter)), tf.constant(float(l2)), tf.constant(float(tv)),
                            tf.constant(lo), tf.constant(hi), tf.constant(int(seed)))

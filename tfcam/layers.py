@@ -176,8 +176,35 @@ def _check_model(model: Any) -> keras.Model:
     return model
 
 
+def _spatial_shape(ref: LayerRef) -> tuple | None:
+    shape = _output_shape(ref.layer)
+    return None if shape is None or len(shape) < 3 else tuple(shape[1:-1])
+
+
+def _is_pooled(ref: LayerRef) -> bool:
+    """The output's grid is 1 in every spatial axis (statically): e.g. after global pooling."""
+    spatial = _spatial_shape(ref)
+    return bool(spatial) and all(s == 1 for s in spatial)
+
+
+def _larger_grid(candidates: Sequence[LayerRef]) -> LayerRef | None:
+    """The last candidate (``candidates`` is last first) whose grid is not 1x1 (or unknown)."""
+    for ref in candidates:
+        spatial = _spatial_shape(ref)
+        if spatial and any(s is None or s > 1 for s in spatial) and not _is_model(ref.layer):
+            return ref
+    return None
+
+
+_PADDING = (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)
+
+
 def default_layer(model: keras.Model, input_index: int = 0, rank: int | None = None) -> LayerRef:
     """The last layer with a spatial output that is not an output layer of the model.
+
+    A layer whose spatial size is 1 in every axis while an earlier layer has a larger grid
+    (a layer after global pooling, such as MobileNet's 1x1 classifier convolution) is not
+    a candidate: its maps would be constant.
 
     ``rank`` overrides the output rank looked for (3 for transformer token layers); in
     multi-input models only layers computed from input ``input_index`` qualify.
@@ -202,6 +229,12 @@ def default_layer(model: keras.Model, input_index: int = 0, rank: int | None = N
             continue  # the head itself (e.g. a segmentation output); look before it
         if _is_model(ref.layer):
             continue  # prefer a concrete layer to a whole nested model
+        if isinstance(ref.layer, _PADDING):
+            continue  # its border is padding, not evidence; the layer before it has the same content
+        if _is_pooled(ref) and _larger_grid(candidates) is not None:
+            # after a global pooling (MobileNet's 1x1 classifier conv after
+            # GlobalAveragePooling(keepdims) / Reshape): every map would be constant
+            continue
         return ref
     if candidates:
         return candidates[0]
@@ -266,6 +299,18 @@ def _check_spatial(model: keras.Model, ref: LayerRef, input_index: int) -> Layer
     return ref
 
 
+def _warn_pooled(model: keras.Model, refs: Sequence[LayerRef], input_index: int, rank: int | None) -> None:
+    """Warns (``tfcam`` logger) for target layers whose output grid is 1x1 at the model's input size."""
+    for ref in refs:
+        if _is_pooled(ref):
+            larger = _larger_grid(spatial_layers(model, input_index, rank))
+            hint = f" The last layer with a larger grid is {larger.path!r}." if larger is not None else ""
+            logger.warning(
+                "Layer %r has a 1x1 spatial output %s: every map for it will be constant.%s",
+                ref.path, _spatial_shape(ref), hint,
+            )
+
+
 def resolve_layers(
     model: keras.Model,
     layer: LayerSpec | Sequence[LayerSpec] | None,
@@ -279,11 +324,14 @@ def resolve_layers(
     """
     _check_model(model)
     if layer is None:
-        return [default_layer(model, input_index, rank)]
+        refs = [default_layer(model, input_index, rank)]
+        _warn_pooled(model, refs, input_index, rank)
+        return refs
     specs = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     if not specs:
         raise LayerError("Expected at least one layer. Received: layer=[]")
     refs = [_resolve_one(model, s, input_index) for s in specs]
+    _warn_pooled(model, refs, input_index, rank)
     if len(model.inputs) > 1:
         names = [t._keras_history.operation.name for t in model.inputs]
         for ref in refs:

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcam import maps as maps_ops
+from tfcam._tracing import function as tfcam_function
 from tfcam.errors import InputError, InputTypeError, ModelError, TargetError
 from tfcam.validation import as_image_array, resolve_index
 
@@ -223,7 +224,7 @@ def probability_map(
             return maps_ops.normalize_maps(m) if normalize else m
 
         spec = [tf.TensorSpec((None,) + x.shape[1:], tf.as_dtype(x.dtype)), tf.TensorSpec((None,), tf.int32)]
-        return tf.function(fn, input_signature=spec, autograph=False)
+        return tfcam_function(fn, input_signature=spec, autograph=False)
 
     fn = _compiled(model, key, build)
     chunks = []
@@ -422,7 +423,7 @@ def anomaly_map(
             return m, s
 
         spec = [tf.TensorSpec((None,) + x.shape[1:], tf.as_dtype(x.dtype))]
-        return tf.function(fn, input_signature=spec, autograph=False)
+        return tfcam_function(fn, input_signature=spec, autograph=False)
 
     fn = _compiled(model, key, build)
     maps, scores = [], []

@@ -39,12 +39,32 @@ class Target:
     Subclasses implement ``score`` (pure TensorFlow, traced once) and, when they carry
     per-example data, ``arrays``. ``validate`` checks the target against the selected
     output's shape before anything is computed.
+
+    Compiled steps are cached per Explainer by ``trace_key``: two targets with equal keys
+    share one step, traced with the *first* target's ``score``. The default key is the
+    class and every public (not ``_``-prefixed) instance attribute whose value is
+    hashable (lists and tuples are compared by their items, NumPy scalars by value), so a
+    subclass whose ``score`` reads constructor arguments stored as attributes, say
+    ``MyTarget(k=1)`` and ``MyTarget(k=2)``, gets one step per value. Unhashable values
+    (arrays, tensors, dicts) are left out of the key: pass such data through ``arrays``
+    (they enter the step as tensors), or override ``trace_key`` to return a hashable value
+    that changes whenever ``score`` would trace differently.
     """
 
-    #: Targets with the same key share one compiled step (their data are tensors).
     @property
     def trace_key(self) -> Any:
-        return type(self).__name__
+        """Targets with equal keys share one compiled step (see the class docstring)."""
+        params = []
+        for name, value in sorted(vars(self).items()):
+            if name.startswith("_"):
+                continue
+            value = _static_value(value)
+            try:
+                hash(value)
+            except TypeError:
+                continue
+            params.append((name, value))
+        return (type(self), tuple(params))
 
     def arrays(self, n: int) -> tuple[np.ndarray, ...]:
         """Per-example data, each with leading dimension ``n``."""
@@ -63,6 +83,30 @@ class Target:
     def __call__(self, outputs: tf.Tensor) -> tf.Tensor:
         n = outputs.shape[0]
         return self.score(outputs, *(tf.convert_to_tensor(a) for a in self.arrays(n)))
+
+
+def _static_value(value: Any) -> Any:
+    """A hashable stand-in for a target's attribute: lists as tuples, NumPy scalars as numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return tuple(_static_value(v) for v in value)
+    return value
+
+
+class _Identity:
+    """Hashes and compares an (unhashable) object by identity, keeping it alive."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Identity) and other.obj is self.obj
 
 
 def _broadcast_indices(value: Any, n: int, what: str) -> np.ndarray:
@@ -149,6 +193,11 @@ class MultiLabelTarget(Target):
     def __init__(self, classes: Sequence[int] | Sequence[Sequence[int]]):
         self.classes = classes
         self._k: int | None = None
+
+    @property
+    def trace_key(self) -> Any:
+        # the classes reach ``score`` as a mask tensor (``arrays``): one step for all of them
+        return ("MultiLabelTarget",)
 
     def _mask(self, n: int, k: int) -> np.ndarray:
         cls = self.classes
@@ -491,7 +540,14 @@ class CallableTarget(Target):
 
     @property
     def trace_key(self) -> Any:
-        return ("CallableTarget", id(self.fn))
+        # the function itself, not its id(): a cached step keeps its key alive, so a new
+        # function can never be mistaken for a collected one whose id() it reuses; equal
+        # bound methods (``obj.method`` read twice) share a step
+        try:
+            hash(self.fn)
+            return ("CallableTarget", self.fn)
+        except TypeError:
+            return ("CallableTarget", _Identity(self.fn))
 
     def score(self, outputs, *arrays):
         s = self.fn(outputs)

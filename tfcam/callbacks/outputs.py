@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcam._tracing import function as tfcam_function
 from tfcam.callbacks.base import SummaryCallback
 from tfcam.errors import InputError, InputTypeError, TargetError
 from tfcam.matrix import NORMALIZE, matrix_image
@@ -243,7 +244,7 @@ class ConfusionMatrixCallback(_EpochImageCallback):
                 labels = tf.cast(tf.reshape(y, [-1]), tf.int64)
             return tf.math.confusion_matrix(labels, pred, num_classes=k, dtype=tf.int64)
 
-        return tf.function(step, autograph=False, reduce_retracing=True)
+        return tfcam_function(step, autograph=False, reduce_retracing=True)
 
     def compute_matrix(self) -> np.ndarray:
         """The current model's ``(K, K)`` confusion counts on the validation data."""

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfcam._tracing import function as tfcam_function
 from tfcam.dataset.inputs import _batch_len, _take
 from tfcam.engine import Explainer
 from tfcam.errors import InputTypeError
@@ -93,7 +94,7 @@ def _distributed_step(step: Any, strategy: tf.distribute.Strategy) -> Any:
             # which would not accept the per-replica values
             per_replica = strategy.run(lambda xb, ab: step(xb, ab), args=values)
             return tf.nest.map_structure(lambda t: strategy.gather(t, axis=0), per_replica)
-        fn = tf.function(run, autograph=False, reduce_retracing=True)
+        fn = tfcam_function(run, autograph=False, reduce_retracing=True)
         per_strategy[strategy] = fn
     return fn
 

@@ -8,8 +8,9 @@ output *before* its activation. The FullGrad saliency map (their eq. 5) is
 
 ``S(x) = ψ(|x ⊙ ∇_x y|) + Σ_{l ∈ conv, BN} Σ_c ψ(|b_l ⊙ ∇_{z_l} y|)``
 
-with ``ψ`` = sum over channels, bilinear resize to the input and per-example min-max
-scaling. Batch normalization (inference mode) is affine, ``γ (x − μ)/√(σ² + ε) + β``,
+with ``ψ`` = bilinear resize to the input and per-example min-max scaling, applied to
+each channel ``c`` separately before the channel sum (input channels too), as in the
+paper's eq. 5 and pytorch-grad-cam's ``FullGrad``. Batch normalization (inference mode) is affine, ``γ (x − μ)/√(σ² + ε) + β``,
 so its bias is ``β − μ γ / √(σ² + ε)``.
 
 How tfcam gets ``∇_{z_l} y`` without touching the model: the model's graph is re-run
@@ -163,6 +164,28 @@ class _Terms:
         return self
 
 
+def _psi_channel_sum(t: tf.Tensor, axis: int, size) -> tf.Tensor:
+    """``Σ_c ψ(t_c)``: each channel resized to ``size`` and min-max scaled per example, then summed.
+
+    Args:
+        t: ``(N, ..., C, ...)`` with the channel axis at ``axis``.
+        axis: the channel axis of ``t``.
+        size: the input's spatial shape (ints, or scalar tensors for free axes).
+
+    Returns:
+        ``(N, *size)``.
+    """
+    rank = len(t.shape)
+    axis = axis % rank
+    t = tf.transpose(t, [0, axis] + [i for i in range(1, rank) if i != axis])  # (N, C, *S)
+    dyn = tf.shape(t)
+    spatial = [d if d is not None else dyn[i + 2] for i, d in enumerate(t.shape[2:])]
+    per_channel = tf.reshape(t, [-1] + spatial)  # (N * C, *S)
+    scaled = maps_ops.normalize_maps(maps_ops.resize_maps(per_channel, size))
+    out_shape = [d if isinstance(d, tf.Tensor) else int(d) for d in size]
+    return tf.reduce_sum(tf.reshape(scaled, [-1, t.shape[1]] + out_shape), axis=1)
+
+
 def _deps(view):
     """``layer -> bool``: is the layer computed from the explained input (multi-input models)."""
     if not view.multi_input:
@@ -220,7 +243,7 @@ def _build(view, target, arrays):
         xi = view.image_to_channels_last(tf.cast(x_main, tf.float32))
         signed_in = xi * view.image_to_channels_last(tf.cast(dx, tf.float32))
         size = _size(view, xi)
-        total = maps_ops.normalize_maps(tf.reduce_sum(tf.abs(signed_in), axis=-1))
+        total = _psi_channel_sum(tf.abs(signed_in), -1, size)
         bias_sum = tf.zeros_like(scores)
         for layer, z, g, in_map in zip(fg.layers, zs, grads[1:], fg.in_map):
             if g is None:
@@ -232,8 +255,7 @@ def _build(view, target, arrays):
             term = tf.reshape(effective_bias(layer), shape) * tf.cast(g, tf.float32)
             bias_sum += tf.reduce_sum(term, axis=list(range(1, rank)))
             if in_map:
-                m = tf.reduce_sum(tf.abs(term), axis=axis)
-                total += maps_ops.normalize_maps(maps_ops.resize_maps(m, size))
+                total += _psi_channel_sum(tf.abs(term), axis, size)
         return total, scores, tf.reduce_sum(signed_in, axis=list(range(1, len(signed_in.shape)))), bias_sum
 
     return view.compile(fn, [view.input_spec(), view.arrays_spec(arrays)])
@@ -266,14 +288,17 @@ def fullgrad(ctx) -> tf.Tensor:
     Map ``= ψ(|x ⊙ ∇_x y|) + Σ_l ψ(|b_l ⊙ ∇_{z_l} y|)`` over every conv (Conv1D/2D/3D,
     transposed, depthwise and separable convs with ``use_bias``) and batch-norm layer of
     the network, nested models included; ``z_l`` is the layer's output *before* a fused
-    activation; ``ψ`` sums over channels, resizes bilinearly to the input and min-max
-    scales per example; the batch-norm bias is ``β − μγ/√(σ² + ε)``. The map covers the
-    whole network: the Explainer's ``layer`` argument does not apply (it is ignored).
+    activation; ``ψ`` resizes bilinearly to the input and min-max scales per example,
+    applied to every channel separately before the channel sum (input channels too); the
+    batch-norm bias is ``β − μγ/√(σ² + ε)``. The map covers the whole network: the
+    Explainer's ``layer`` argument does not apply (it is ignored).
 
-    Differences from other code: the paper's reference code min-max scales each term
-    over (channels × space) *before* summing channels; pytorch-grad-cam scales each
-    channel separately; tfcam follows methods.md (sum of ``|·|`` over channels, then
-    scale), so every layer's term weighs the same in the sum.
+    Convention: per-channel ``ψ`` follows eq. 5 (``Σ_c ψ(·)``) and pytorch-grad-cam
+    (``scale_accross_batch_and_channels`` then a channel sum; it scales before resizing,
+    which gives the same map when upsampling). The paper's reference code scales each
+    layer's term over (channels × space) instead; summing channels *before* scaling (what
+    tfcam did before) lets a few large channels dominate a layer's term. Memory: each
+    layer's term is resized to the input per channel, ``N·C·|input|`` floats at a time.
 
     Cost: one forward and one backward pass per batch (the compiled function is built
     once per Explainer and target kind).

@@ -195,8 +195,28 @@ def _key(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "").replace(" ", "")
 
 
-def register(method: Method) -> Method:
-    """Adds a method to the registry (one line per method in its module)."""
+def register(method: Method, replace: bool = False) -> Method:
+    """Adds a method to the registry (one line per method in its module).
+
+    Names and aliases are compared as ``get_method`` looks them up (case, ``-``, ``_``
+    and spaces ignored). A name or alias already taken, by a method of the same name or
+    as the name or alias of another method, is refused unless ``replace=True``: then the
+    method of the same name is replaced (its old aliases are dropped), and names or
+    aliases of other methods are taken over (another method whose own name is taken over
+    is removed).
+
+    Args:
+        method: the method.
+        replace: allow replacing registered names and aliases (e.g. when re-running a
+            notebook cell that registers a method).
+
+    Returns:
+        ``method``.
+
+    Raises:
+        MethodError: an invalid ``kind``, ``returns`` or ``spatial_ranks``, or a taken
+            name or alias without ``replace=True``.
+    """
     if method.kind not in ("cam", "input", "runner"):
         raise MethodError(f"kind must be 'cam', 'input' or 'runner'. Received: kind={method.kind!r}")
     if method.returns not in ("weights", "map"):
@@ -205,8 +225,27 @@ def register(method: Method) -> Method:
         raise MethodError(
             f"spatial_ranks must be a non-empty subset of (1, 2, 3). Received: spatial_ranks={method.spatial_ranks!r}"
         )
+    spellings = (method.name,) + tuple(method.aliases)
+    taken = {s: _ALIASES[_key(s)] for s in spellings if _key(s) in _ALIASES}
+    if method.name in REGISTRY:
+        taken.setdefault(method.name, method.name)
+    if taken and not replace:
+        clashes = ", ".join(f"{s!r} (taken by method {owner!r})" for s, owner in taken.items())
+        raise MethodError(
+            f"Expected a method name and aliases not registered yet, but {clashes} already are. "
+            f"Pick another name or alias, or pass replace=True to replace them. "
+            f"Received: method={method.name!r}, aliases={tuple(method.aliases)!r}, replace={replace!r}"
+        )
+    if method.name in REGISTRY:  # replacing: drop the old entry's aliases
+        for key in [k for k, owner in _ALIASES.items() if owner == method.name]:
+            del _ALIASES[key]
+    for owner in set(taken.values()) - {method.name}:
+        if _ALIASES.get(_key(owner)) == owner and _key(owner) in {_key(s) for s in spellings}:
+            REGISTRY.pop(owner, None)  # its own name is taken over: it could not be looked up any more
+            for key in [k for k, o in _ALIASES.items() if o == owner]:
+                del _ALIASES[key]
     REGISTRY[method.name] = method
-    for alias in (method.name,) + tuple(method.aliases):
+    for alias in spellings:
         _ALIASES[_key(alias)] = method.name
     return method
 

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcam._tracing import function as tfcam_function
 from tfcam.errors import InputError, InputTypeError, TargetError
 from tfcam.metrics.perturbation import noisy_linear_imputation
 from tfcam.targets import ClassTarget, Target, TargetSpec, as_target
@@ -91,7 +92,7 @@ class Scorer:
         return out
 
     def _compile(self, fn, signature):
-        return tf.function(fn, input_signature=signature, jit_compile=self.jit_compile, autograph=False,
+        return tfcam_function(fn, input_signature=signature, jit_compile=self.jit_compile, autograph=False,
                            reduce_retracing=True)
 
     @staticmethod
