@@ -80,6 +80,8 @@ def pre_activation(layer: keras.layers.Layer, x: Any) -> Any | None:
     """
     if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
         return x
+    # the layer's own compute dtype: a float32 head under mixed_float16 stays float32
+    x = ops.cast(x, getattr(layer, "compute_dtype", None) or x.dtype)
     if isinstance(layer, keras.layers.Dense):
         z = ops.matmul(x, ops.cast(layer.kernel, x.dtype))
         return z + ops.cast(layer.bias, x.dtype) if layer.use_bias else z
@@ -273,9 +275,14 @@ class _Runner:
                     if is_model(op) and any(contains(op, f) for f in self.rw.feed):
                         # a nested model holding a fed layer: give it what exists
                         sub = [tensors.get(id(x)) for x in node.input_tensors]
-                        outs, _ = self.run_model(op, sub, False)
+                        is_output = id(op) in output_ops
+                        outs, sub_logits = self.run_model(op, sub, wants_logits and is_output)
+                        if is_output and sub_logits and sub_logits[0] is not None:
+                            logits[id(op)] = sub_logits[0]
                         result = tree.pack_sequence_as(op._outputs_struct, outs) \
                             if hasattr(op, "_outputs_struct") else (outs[0] if len(outs) == 1 else outs)
+                        if id(op) in self.capture_ids:
+                            self.captured.setdefault(id(op), []).append(result)
                         for x, y in zip(node.outputs, tree.flatten(result)):
                             tensors[id(x)] = y
                         continue

@@ -459,7 +459,11 @@ def find_cam_head(model: keras.Model, ref: LayerRef, output_index: int = 0):
     """
     from tfcam.errors import MethodError
 
-    head = _producer(model.outputs[output_index])
+    t = model.outputs[output_index]
+    head = _producer(t)
+    while _is_model(head) and getattr(head, "outputs", None):  # the head of a nested output model
+        t = head.outputs[t._keras_history.tensor_index if len(head.outputs) > 1 else 0]
+        head = _producer(t)
     ok = isinstance(head, keras.layers.Dense)
     op = _producer(head.input) if ok else None
     while isinstance(op, _PASS_THROUGH):

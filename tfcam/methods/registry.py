@@ -15,7 +15,7 @@ import tensorflow as tf
 from tfcam import maps as maps_ops
 from tfcam.errors import InputError, InputTypeError, MethodError
 
-__all__ = ["Method", "Option", "combine_channels", "register", "get_method", "method_names", "REGISTRY"]
+__all__ = ["Method", "Option", "combine_channels", "register", "unregister", "get_method", "method_names", "REGISTRY"]
 
 
 def _is_int(v: Any) -> bool:
@@ -250,7 +250,24 @@ def register(method: Method, replace: bool = False) -> Method:
     return method
 
 
+def unregister(name: str) -> Method:
+    """Removes a method (by name or alias) and its aliases from the registry.
+
+    Returns:
+        The removed ``Method``.
+
+    Raises:
+        MethodError: no method of that name.
+    """
+    method = get_method(name)
+    REGISTRY.pop(method.name, None)
+    for key in [k for k, owner in _ALIASES.items() if owner == method.name]:
+        del _ALIASES[key]
+    return method
+
+
 def method_names() -> tuple[str, ...]:
+    """Names of every registered method, built-in and registered since, in order."""
     return tuple(REGISTRY)
 
 
