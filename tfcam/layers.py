@@ -63,8 +63,16 @@ class LayerRef:
 
 
 def iter_layers(model: keras.Model, _prefix: str = "", _parents: tuple = ()) -> Iterator[LayerRef]:
-    """Yields every layer of ``model`` in order, descending into nested models."""
-    for layer in model.layers:
+    """Yields every layer of ``model`` in order, descending into nested models.
+
+    Functional models also yield their graph operations that are not layers (``x + y``
+    gives a ``keras.ops`` ``Add`` named ``add_N``): the output of ConvNeXt's last block is
+    such an operation, and it is the feature map to explain.
+    """
+    ops = model.operations if hasattr(model, "_nodes_by_depth") else model.layers
+    for layer in ops:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
         path = f"{_prefix}{layer.name}"
         yield LayerRef(path, layer, _parents)
         if _is_model(layer):
