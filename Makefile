@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
+	# Xplique pins tensorflow[and-cuda]<=2.20 (several GB of CUDA wheels, and a downgrade): it is
+	# installed without its pins, with the libraries it imports; it runs on the TensorFlow here
+	$(PY) -m pip install -q --no-deps xplique einops tf-keras
+	$(PY) -m pip install -q tensorflow-probability scikit-learn scikit-image
 	$(PY) benchmarks/speed.py
 
 clean:
