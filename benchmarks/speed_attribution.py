@@ -10,7 +10,7 @@ Gradients (m=32 path points) the figure is
 
 (target <= 1.3). The numerator also includes the Explainer's shared pass (predictions,
 scores) and, for IG, the forward passes at the baseline. The peers run the same work
-(SmoothGrad with 25 samples) when installed: tf-keras-vis ``Saliency(...,
+(SmoothGrad with 25 samples, tfcam's ``n_samples=25``) when installed: tf-keras-vis ``Saliency(...,
 smooth_samples=25)`` and tf-explain ``SmoothGrad().explain(..., num_samples=25)``
 (one class for the whole batch there, its only mode). Run: ``python benchmarks/speed_attribution.py [--quick]``.
 """
@@ -78,7 +78,7 @@ def rows(quick: bool = False) -> list[dict]:
         cb = tf.constant(np.repeat(classes, copies))
         return lambda: batch_grad(xb, cb).numpy()
 
-    ex = tfcam.Explainer(model, "out_relu", samples=n_sg, noise_level=0.15, steps=m_ig)
+    ex = tfcam.Explainer(model, "out_relu", n_samples=n_sg, noise_level=0.15, steps=m_ig)
 
     def explain(name):
         return lambda: ex.explain(x, classes, methods=[name], verbose=0)
