@@ -32,6 +32,9 @@ __all__ = ["Explainer", "Explanation", "register_dataset_runner"]
 
 logger = logging.getLogger("tfcam")
 
+#: The runner context's name before the method contract (``tfcam.context.MethodContext``).
+RunContext = MethodContext
+
 _SCORES = ("logit", "probability")
 _MAX_COMPILED = 16  # compiled steps kept per Explainer, most recently used
 _FORMATS = ("channels_last", "channels_first")
