@@ -1,17 +1,18 @@
-# The two set-up commands of the README: `make demo` and `make test`.
+# The two set-up commands of the README: `make demo` and `make test`; `make docs` builds the site into site/.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tfcam-installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench docs clean
 
-# Reinstall only when the package metadata changes (the install is editable).
+# Reinstall only when the package metadata changes (the install is editable). The docs extra is part of the
+# test install: the suite builds the site with --strict (tests/test_docs.py).
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,6 +26,9 @@ test: lint
 demo: $(STAMP)
 	$(VENV)/bin/tfcam demo --out runs/demo
 
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict -d site
+
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
 	# Xplique pins tensorflow[and-cuda]<=2.20 (several GB of CUDA wheels, and a downgrade): it is
@@ -34,4 +38,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/speed.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache

@@ -10,11 +10,18 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-
 import json as _json
 import os as _os
+
+__version__ = "0.1.0"
+"""The installed version of tfcam."""
+
+METHODS: tuple[str, ...]
+"""Names of every registered method, in registration order.
+
+Computed on each access (a module ``__getattr__``), so methods added later with
+`tfcam.methods.register` appear in it. Aliases such as ``"ig"`` are not listed.
+"""
 
 from tfcam.errors import (  # noqa: E402
     BackendError,

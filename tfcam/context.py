@@ -166,6 +166,7 @@ class ModelView:
         return shape[0] if self.channels_first else shape[-1]
 
     def layer_channels_first(self, li: int) -> bool:
+        """Whether layer ``li`` (an index into ``layers``) has ``data_format="channels_first"``."""
         return getattr(self.layers[li].layer, "data_format", None) == "channels_first"
 
     def layer_channel_axis(self, li: int, rank: int) -> int:
@@ -213,6 +214,7 @@ class ModelView:
 
     # ------------------------------------------------------------------ inputs
     def main_input(self, inputs: Any) -> tf.Tensor:
+        """The explained input of ``inputs`` (``inputs`` itself for a single-input model)."""
         return inputs[self.input_index] if self.multi_input else inputs
 
     def with_image(self, inputs: Any, image: tf.Tensor, index: tf.Tensor | None = None) -> Any:
@@ -239,6 +241,7 @@ class ModelView:
 
     @staticmethod
     def arrays_spec(arrays: Sequence) -> tuple:
+        """``tf.TensorSpec``s of per-example arrays, with an unknown batch dimension."""
         return tuple(tf.TensorSpec((None,) + tuple(a.shape[1:]), tf.as_dtype(a.dtype)) for a in arrays)
 
     # ------------------------------------------------------------------ running the model
@@ -267,6 +270,7 @@ class ModelView:
         return ModelPass(raw, acts, self.select(result.outputs, result.logits), list(result.outputs), logits)
 
     def select(self, outputs: Sequence, logits: Sequence) -> tf.Tensor:
+        """The explained output as float32: its pre-activation logits when ``score="logit"`` and known."""
         i = self.output_index
         sel = logits[i] if (self.score == "logit" and logits[i] is not None) else outputs[i]
         return tf.cast(sel, tf.float32)
@@ -448,9 +452,11 @@ class MethodContext:
         return cls
 
     def compile(self, fn: Callable, input_signature: Sequence) -> Callable:
+        """``tf.function`` with the Explainer's settings (see `ModelView.compile`)."""
         return self.view.compile(fn, input_signature)
 
     def cached(self, key: Any, build: Callable[[], Any]) -> Any:
+        """The Explainer's cache, keyed per method: ``build()`` runs once per ``key``."""
         return self.view.cached((self.method,) + (key if isinstance(key, tuple) else (key,)), build)
 
     def key(self, *parts: Any) -> tuple:

@@ -14,6 +14,7 @@ from tfcam.errors import InputError
 __all__ = ["SHAPE_NAMES", "shapes"]
 
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+"""Class names of `shapes`, in label order (label ``k`` is ``SHAPE_NAMES[k]``)."""
 
 
 def _object_mask(kind: int, size: int, cy: float, cx: float, r: float) -> np.ndarray:

@@ -34,8 +34,8 @@ __all__ = ["DEMO_METHODS", "build_demo_model", "run_demo"]
 
 logger = logging.getLogger("tfcam")
 
-#: Methods the demo explains by default.
 DEMO_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "eigencam")
+"""Methods the demo explains by default."""
 
 
 def build_demo_model(image_size: int = 64, num_classes: int = 4, seed: int = 0, decay_steps: int | None = None):

@@ -180,7 +180,11 @@ def deep_feature_factorization(
         n_iter: multiplicative-update iterations (fixed).
         seed: seed of the NMF initialization.
         top_k: classes listed per concept in ``top_classes``.
-        output, input, data_format, batch_size, jit_compile: as for ``tfcam.Explainer``.
+        output: as for ``tfcam.Explainer``.
+        input: as for ``tfcam.Explainer``.
+        data_format: as for ``tfcam.Explainer``.
+        batch_size: as for ``tfcam.Explainer``.
+        jit_compile: as for ``tfcam.Explainer``.
 
     Returns:
         A ``DeepFeatureFactorization``.

@@ -644,9 +644,11 @@ class Explainer:
             and ``.scores``.
 
         Raises:
-            InputError, InputTypeError: bad images or options. TargetError: bad targets.
+            InputError: bad images or options.
+            InputTypeError: images or options of the wrong type.
+            TargetError: bad targets.
             MethodError: unknown method, or a method that cannot serve this model
-            configuration (raised before any work).
+                configuration (raised before any work).
         """
         names = [self.method] if methods is None else ([methods] if isinstance(methods, str) else list(methods))
         if not names:

@@ -38,8 +38,8 @@ __all__ = [
     "application_names",
 ]
 
-#: File extensions ``expand_paths`` picks from directories (lower case).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""File extensions ``expand_paths`` picks from directories (lower case)."""
 
 
 def _cv2():

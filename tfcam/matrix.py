@@ -17,9 +17,9 @@ from tfcam.errors import InputError, InputTypeError
 
 __all__ = ["plot_matrix", "matrix_image", "normalize_matrix", "NORMALIZE"]
 
-#: Accepted ``normalize`` values: rows (true labels) sum to 1, columns (predictions) sum to 1,
-#: or the whole matrix sums to 1. ``"true"``/``"pred"`` are scikit-learn's names.
 NORMALIZE: tuple[str, ...] = ("row", "true", "column", "pred", "all")
+"""Accepted ``normalize`` values: rows (true labels) sum to 1, columns (predictions) sum to 1,
+or the whole matrix sums to 1. ``"true"``/``"pred"`` are scikit-learn's names."""
 
 
 def _require_matplotlib() -> None:
@@ -192,8 +192,11 @@ def plot_matrix(
         normalize: None (values as given), ``"row"``/``"true"`` (per-class recall rates),
             ``"column"``/``"pred"`` (precision rates) or ``"all"``.
         center: draw with a diverging colormap centred on this value.
-        vmin, vmax: colour limits (default: see above).
-        title, xlabel, ylabel: axis texts.
+        vmin: lower colour limit (default: see above).
+        vmax: upper colour limit (default: see above).
+        title: title of the axes.
+        xlabel: label of the x axis (columns).
+        ylabel: label of the y axis (rows).
         fmt: format spec of the annotations (e.g. ``".1%"``).
         colorbar: draw a colour bar.
         figsize: figure size in inches (default grows with ``n``).

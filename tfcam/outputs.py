@@ -31,10 +31,10 @@ from tfcam.validation import as_image_array, resolve_index
 
 __all__ = ["probability_map", "anomaly_map", "AnomalyMaps", "gaussian_smooth", "ERRORS", "REDUCTIONS"]
 
-#: Per-pixel reconstruction errors ``anomaly_map`` accepts.
 ERRORS: tuple[str, ...] = ("squared", "absolute")
-#: Channel reductions ``anomaly_map`` accepts.
+"""Per-pixel reconstruction errors ``anomaly_map`` accepts."""
 REDUCTIONS: tuple[str, ...] = ("mean", "max", "sum")
+"""Channel reductions ``anomaly_map`` accepts."""
 _SCORES = ("mean", "max")
 
 # model -> {key: compiled function}; weak keys, and the functions hold the model weakly.

@@ -74,6 +74,16 @@ class Target:
         """Raises TargetError when the target does not fit the output."""
 
     def score(self, outputs: tf.Tensor, *arrays: tf.Tensor) -> tf.Tensor:
+        """The scalar explained per example, in pure TensorFlow (traced once per compiled step).
+
+        Args:
+            outputs: The selected model output, ``(N, ...)``, before a final softmax/sigmoid unless
+                the Explainer uses ``score="probability"``.
+            *arrays: This target's per-example data (see `arrays`), as tensors.
+
+        Returns:
+            A ``(N,)`` tensor of scores.
+        """
         raise NotImplementedError
 
     def class_index(self, outputs: tf.Tensor, *arrays: tf.Tensor) -> tf.Tensor | None:

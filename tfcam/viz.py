@@ -30,9 +30,9 @@ def _bundled() -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-#: Colormaps available without matplotlib.
 COLORMAPS: tuple[str, ...] = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "gray", "hot",
                               "coolwarm", "rdbu_r", "bwr", "cividis")
+"""Colormaps available without matplotlib."""
 
 
 @functools.cache
@@ -277,7 +277,8 @@ def comparison_grid(
     Args:
         images: ``(N, H, W, C)`` uint8 or float images.
         maps: ``(N, H, W)`` maps in [0, 1] at the images' size.
-        colormap, alpha: as in ``overlay``.
+        colormap: as in ``overlay``.
+        alpha: as in ``overlay``.
         pad: white pixels between the cells.
 
     Returns:

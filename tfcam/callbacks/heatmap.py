@@ -325,7 +325,9 @@ class FeatureMapCallback(SummaryCallback):
         images: sample images, an ``(x, y)`` tuple or a ``tf.data.Dataset`` (first batch).
         layer: one layer with a 2-D spatial output (name, path or Layer); None: the default
             CAM layer.
-        log_dir, every_n_epochs, image_dir: as for ``HeatmapCallback``.
+        log_dir: as for ``HeatmapCallback``.
+        every_n_epochs: as for ``HeatmapCallback``.
+        image_dir: as for ``HeatmapCallback``.
         max_images: use at most this many samples (default 4).
         channels: how many channels (the first ones), or a sequence of channel indices.
         colormap: colormap of the cells.

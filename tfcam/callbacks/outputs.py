@@ -289,10 +289,12 @@ class ProbabilityMapCallback(_EpochImageCallback):
         output: which output of a multi-output model (index or output-layer name).
         every_n_epochs: log at the end of every n-th epoch.
         class_names: names used in the tags (indexed by class), default the index.
-        colormap, alpha: as ``tfcam.overlay``.
+        colormap: colormap of the overlay, as in ``tfcam.overlay``.
+        alpha: opacity of the map in the overlay, as in ``tfcam.overlay``.
         show_map: put the colorized probability map beside the overlay.
         normalize: min-max normalize each map (heads that output logits).
-        tag: tag prefix; name: the sub-directory of ``log_dir``.
+        tag: tag prefix.
+        name: the sub-directory of ``log_dir``.
 
     Raises:
         TargetError, InputError, InputTypeError: at ``on_train_begin`` for a non-spatial

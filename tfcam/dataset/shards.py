@@ -44,10 +44,14 @@ class ExplanationShards:
         path: the directory given as ``output=`` to ``explain_dataset``.
 
     Attributes:
-        path, shard_size, methods, num_examples (None until a run completed), complete,
-        shards (index entries: ``file``, ``start``, ``count``, ``bytes``, ``sha256``),
-        computed_examples / skipped_examples (set by the run that returned this object:
-        how many examples it explained and how many it found already on disk).
+        path: the output directory.
+        shard_size: examples per shard.
+        methods: the methods explained, in order.
+        num_examples: examples in the dataset (None until a run completed).
+        complete: whether a run completed (every shard written).
+        shards: index entries (``file``, ``start``, ``count``, ``bytes``, ``sha256``).
+        computed_examples: examples explained by the run that returned this object.
+        skipped_examples: examples that run found already on disk.
 
     Example:
 

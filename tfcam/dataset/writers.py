@@ -47,6 +47,14 @@ class Writer:
         return np.ones(indices.shape, bool)
 
     def write(self, indices: np.ndarray, results: dict[str, np.ndarray], images: Any = None) -> None:
+        """Receives the results of one batch.
+
+        Args:
+            indices: Global dataset indices of the batch's examples, ``(B,)``.
+            results: One array per method plus ``predictions``, ``scores`` (and ``labels`` when known),
+                each with leading dimension ``B``.
+            images: The batch's images, when overlays were requested; otherwise None.
+        """
         raise NotImplementedError
 
     def close(self, num_examples: int) -> Any:

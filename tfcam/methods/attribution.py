@@ -57,13 +57,13 @@ __all__ = [
     "INTEGRATION_RULES",
 ]
 
-#: Ways to turn ``(N, H, W, channels)`` attributions into an ``(N, H, W)`` map.
 REDUCTIONS: tuple[str, ...] = ("max_abs", "sum_abs", "mean_abs", "sum")
-#: Quadrature rules of Integrated Gradients (``integration=`` option).
+"""Ways to turn ``(N, H, W, channels)`` attributions into an ``(N, H, W)`` map."""
 INTEGRATION_RULES: tuple[str, ...] = ("trapezoid", "right", "left", "midpoint")
+"""Quadrature rules of Integrated Gradients (``integration=`` option)."""
 
-#: Relative completeness error of Integrated Gradients above which a warning suggests more steps.
 COMPLETENESS_WARNING = 0.1
+"""Relative completeness error of Integrated Gradients above which a warning suggests more steps."""
 
 
 # --------------------------------------------------------------------------- reductions

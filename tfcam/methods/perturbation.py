@@ -74,6 +74,7 @@ __all__ = [
 ]
 
 DEFAULT_PERTURBATION_BATCH_SIZE = 64
+"""Perturbed inputs per forward pass when ``perturbation_batch_size`` is not given."""
 
 
 # --------------------------------------------------------------------------- pure maths

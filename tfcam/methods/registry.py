@@ -188,6 +188,7 @@ def combine_channels(m: Method, out: tf.Tensor, a: tf.Tensor, g: tf.Tensor, eige
 
 
 REGISTRY: dict[str, Method] = {}
+"""Registered methods by canonical name, in registration order (`register` adds, `unregister` removes)."""
 _ALIASES: dict[str, str] = {}
 
 

@@ -132,9 +132,16 @@ def arcc(
     it to 0.
 
     Args:
-        model: the model (or a ``Scorer``) for ROAD; explainer: as for ``coherency``.
-        images, maps, targets: as ``road``; percentiles, noise, seed, activation,
-            batch_size: passed to ``road``.
+        model: the model (or a ``Scorer``) for ROAD.
+        explainer: as for ``coherency``.
+        images: as ``road``.
+        maps: as ``road``.
+        targets: as ``road``.
+        percentiles: passed to ``road``.
+        noise: passed to ``road``.
+        seed: passed to ``road``.
+        activation: passed to ``road``.
+        batch_size: passed to ``road``.
 
     Returns:
         ``MetricResult`` with ``details`` holding the ``coherency``, ``complexity`` and

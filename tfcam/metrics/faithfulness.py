@@ -145,7 +145,12 @@ def average_drop(
     better.**
 
     Args:
-        model, images, maps, targets, activation, batch_size: as ``deletion_auc``.
+        model: as ``deletion_auc``.
+        images: as ``deletion_auc``.
+        maps: as ``deletion_auc``.
+        targets: as ``deletion_auc``.
+        activation: as ``deletion_auc``.
+        batch_size: as ``deletion_auc``.
 
     Returns:
         ``MetricResult`` (``values``: per-example drops in %).
@@ -210,11 +215,17 @@ def road(
     batched compiled pass, imputation included.
 
     Args:
-        model, images, maps, targets, activation, batch_size, verbose: as ``deletion_auc``.
+        model: as ``deletion_auc``.
+        images: as ``deletion_auc``.
+        maps: as ``deletion_auc``.
+        targets: as ``deletion_auc``.
         percentiles: percentages of pixels removed.
         noise: standard deviation of the imputation noise (the paper's 0.01 for [0, 1] data;
             scale it with your input range).
         seed: seeds the noise (the realization also depends on ``batch_size``).
+        activation: as ``deletion_auc``.
+        batch_size: as ``deletion_auc``.
+        verbose: as ``deletion_auc``.
 
     Returns:
         ``MetricResult`` named ``"road"`` (combined, per example) with

@@ -35,9 +35,10 @@ def noisy_linear_imputation(images: tf.Tensor, removed: tf.Tensor, noise: float 
         removed: ``(N, H, W, 1)`` or ``(N, H, W)`` bool, True where a pixel is removed.
         noise: standard deviation of the added noise (absolute; 0 for none).
         seed: a stateless seed (two ints) for the noise.
-        max_iter, tol: conjugate-gradient iteration cap and relative residual tolerance (the
-            default leaves an error near 3e-4 on a 90 % hole of a 64 x 64 image, far below the
-            0.01 noise; float32 cannot go much below 1e-6).
+        max_iter: conjugate-gradient iteration cap.
+        tol: relative residual tolerance of the conjugate gradients (the default leaves an
+            error near 3e-4 on a 90 % hole of a 64 x 64 image, far below the 0.01 noise;
+            float32 cannot go much below 1e-6).
 
     Returns:
         The images with removed pixels imputed, float32.

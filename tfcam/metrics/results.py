@@ -61,6 +61,7 @@ class SanityResult:
                  "ssim": float(self.ssim[i].mean())} for i, name in enumerate(self.layers)]
 
     def to_markdown(self, digits: int = 3) -> str:
+        """A Markdown table: one row per randomization step, with its Spearman and SSIM similarity."""
         lines = ["| step | randomized down to | Spearman | SSIM |", "|---|---|---|---|"]
         for r in self.rows:
             lines.append(f"| {r['step']} | {r['randomized_up_to']} | {r['spearman']:.{digits}f} | "

@@ -186,7 +186,8 @@ class Scorer:
             mode: ``"deletion"`` (the top-ranked pixels -> baseline), ``"insertion"`` (all
                 but the top-ranked pixels -> baseline), ``"morf"`` / ``"lerf"`` (the most /
                 least relevant pixels removed and filled by noisy linear imputation).
-            noise, seed: the imputation noise's standard deviation and seed (ROAD modes).
+            noise: the imputation noise's standard deviation (ROAD modes).
+            seed: the imputation noise's seed (ROAD modes).
 
         Returns:
             ``(N, T)`` target scores.
