@@ -23,29 +23,7 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import best_time, have, print_rows, row  # noqa: E402
-
-
-def paired(fn, ref, rounds: int) -> tuple[float, float, float]:
-    """Median over interleaved rounds of time(fn) / time(ref), and the two median times.
-
-    Interleaving keeps the ratio honest on a machine whose load changes during the run.
-    """
-    import statistics
-    import time
-
-    fn(), ref()
-    ratios, ta, tb = [], [], []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        ref()
-        t1 = time.perf_counter()
-        fn()
-        t2 = time.perf_counter()
-        tb.append(t1 - t0)
-        ta.append(t2 - t1)
-        ratios.append((t2 - t1) / (t1 - t0))
-    return statistics.median(ratios), statistics.median(ta), statistics.median(tb)
+from common import best_time, have, paired, print_rows, row  # noqa: E402
 
 
 def rows(quick: bool = False) -> list[dict]:

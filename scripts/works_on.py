@@ -1,13 +1,13 @@
-"""Prints (or writes) the "works on" column of README.md's Methods table.
+"""Prints (or writes) the "works on" column of the Methods table in docs/methods.md.
 
 Runs the metamorphic method matrix of ``tests/test_method_matrix.py`` (every method of
 ``tfcam.METHODS`` on every equivalent-model configuration, about a minute on one CPU
 core) and prints, for each method, the configurations where its map equals the
-reference's. ``--write`` rewrites the column in README.md in place;
-``tests/test_method_matrix.py::test_readme_works_on_column`` fails when the two disagree.
+reference's. ``--write`` rewrites the column in docs/methods.md in place;
+``tests/test_method_matrix.py::test_methods_page_works_on_column`` fails when the two disagree.
 
     python scripts/works_on.py            # print "method | works on" and the failing cells
-    python scripts/works_on.py --write    # update README.md
+    python scripts/works_on.py --write    # update docs/methods.md
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import test_method_matrix as matrix  # noqa: E402
 
 
-def rewrite_readme(column: dict[str, str], path: str = matrix.README) -> int:
+def rewrite_methods_page(column: dict[str, str], path: str = matrix.METHODS_PAGE) -> int:
     """Replaces the "works on" cell of every method row; returns how many cells changed."""
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
-    start = lines.index("## Methods")
-    header_i = next(i for i in range(start, len(lines)) if lines[i].startswith("|"))
+    header_i = next(i for i, line in enumerate(lines) if line.startswith("|") and "works on" in line)
     header = [c.strip() for c in lines[header_i].strip().strip("|").split("|")]
     col = header.index("works on")
     changed = 0
@@ -51,7 +50,7 @@ def rewrite_readme(column: dict[str, str], path: str = matrix.README) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--write", action="store_true", help="rewrite the column in README.md")
+    parser.add_argument("--write", action="store_true", help="rewrite the column in docs/methods.md")
     args = parser.parse_args()
     outcomes = matrix.run_matrix(methods=matrix.BUILTIN_METHODS)
     column = {m: matrix.works_on(m, outcomes) for m in matrix.BUILTIN_METHODS}
@@ -65,7 +64,7 @@ def main() -> None:
         for (m, c), o in failures:
             print(f"  {m} x {c}: {o.detail.splitlines()[0] if o.detail else ''}")
     if args.write:
-        print(f"\nREADME.md: {rewrite_readme(column)} cell(s) updated")
+        print(f"\ndocs/methods.md: {rewrite_methods_page(column)} cell(s) updated")
 
 
 if __name__ == "__main__":

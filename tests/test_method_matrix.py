@@ -17,8 +17,8 @@ method and the configuration. Only the public API is used (``tfcam.Explainer``,
 ``tfcam.METHODS``, ``tfcam.methods.register``, ``tfcam.errors.MethodError``).
 
 The outcome of each cell ("ok" / "refused" / a failure) is recorded; the "works on"
-column of README.md's Methods table must list exactly the configurations where a method
-is "ok" (``test_readme_works_on_column``). ``scripts/works_on.py`` runs this matrix and
+column of the Methods table in docs/methods.md must list exactly the configurations where a
+method is "ok" (``test_methods_page_works_on_column``). ``scripts/works_on.py`` runs this matrix and
 prints (or, with ``--write``, rewrites) that column.
 """
 
@@ -43,7 +43,7 @@ import tensorflow as tf  # noqa: E402
 import tfcam  # noqa: E402
 from tfcam.errors import MethodError  # noqa: E402
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+METHODS_PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "methods.md")
 
 # ----------------------------------------------------------------------------- data
 
@@ -464,13 +464,13 @@ def run_matrix(methods=None, configs=None) -> dict[tuple[str, str], Outcome]:
         return {(m, c): judge(m, c) for m in methods for c in configs}
 
 
-# ----------------------------------------------------------------------------- README "works on"
+# ----------------------------------------------------------------------------- docs/methods.md "works on"
 
 CONFIG_TOKENS = [c.token for c in CONFIGS.values()]
 
 
 def works_on(method: str, outcomes: dict) -> str:
-    """The README spelling of the configurations where ``method`` is "ok"."""
+    """The docs' spelling of the configurations where ``method`` is "ok"."""
     ok = [c.token for c in CONFIGS.values() if outcomes[(method, c.name)].status == "ok"]
     if len(ok) == len(CONFIGS):
         return "all"
@@ -493,12 +493,13 @@ def parse_works_on(cell: str) -> set:
     return {t.strip() for t in text.split(",")}
 
 
-def readme_methods_table(path: str = README) -> tuple[list[str], dict[str, str]]:
-    """(header cells, {method: works-on cell}) of the table under '## Methods'."""
+def methods_page_table(path: str = METHODS_PAGE) -> tuple[list[str], dict[str, str]]:
+    """(header cells, {method: works-on cell}) of the table with a "works on" column in docs/methods.md."""
     with open(path, encoding="utf-8") as f:
-        text = f.read()
-    section = text.split("\n## Methods\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("|")]
+        lines = f.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|") and "works on" in line)
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    rows = lines[start:end]
     header = [c.strip() for c in rows[0].strip("|").split("|")]
     col = header.index("works on")
     table = {}
@@ -584,18 +585,18 @@ def test_registry_cleanup_leaves_only_the_builtins():
     assert set(tfcam.METHODS) - set(CUSTOM_METHODS) == set(BUILTIN_METHODS)
 
 
-def test_readme_works_on_column():
-    """README's "works on" column equals what the matrix measures (run here if not yet run)."""
+def test_methods_page_works_on_column():
+    """docs/methods.md's "works on" column equals what the matrix measures (run here if not yet run)."""
     outcomes = {(m, c): judge(m, c) for m in BUILTIN_METHODS for c in CONFIGS}
-    header, table = readme_methods_table()
+    header, table = methods_page_table()
     assert "works on" in header
-    assert set(table) == set(BUILTIN_METHODS), "README Methods table rows != tfcam.METHODS"
+    assert set(table) == set(BUILTIN_METHODS), "docs/methods.md Methods table rows != tfcam.METHODS"
     wrong = {}
     for m in BUILTIN_METHODS:
         want = works_on(m, outcomes)
         if parse_works_on(table[m]) != parse_works_on(want):
             wrong[m] = (table[m], want)
     assert not wrong, (
-        "README 'works on' column is out of date (regenerate: python scripts/works_on.py --write); "
-        + "; ".join(f"{m}: README says {a!r}, matrix says {b!r}" for m, (a, b) in wrong.items())
+        "docs/methods.md 'works on' column is out of date (regenerate: python scripts/works_on.py --write); "
+        + "; ".join(f"{m}: docs say {a!r}, matrix says {b!r}" for m, (a, b) in wrong.items())
     )
