@@ -91,9 +91,9 @@ def _reference(separate, x, classes, bn=True):
         else:
             biases.append(layer.get_weights()[-1])
     def psi_sum(term):
-        """eq. 5's sum over channels of psi(channel): each channel of (h, w, C) resized to the
-        input (cv2 bilinear) and min-max scaled on its own, then summed."""
-        return sum(_minmax(cv2.resize(term[..., c].astype(np.float32), (H, H), interpolation=cv2.INTER_LINEAR))
+        """eq. 5's sum over channels of psi(channel), as pytorch-grad-cam's scale_cam_image: each
+        channel of (h, w, C) min-max scaled on its own, resized to the input (cv2 bilinear), summed."""
+        return sum(cv2.resize(_minmax(term[..., c]).astype(np.float32), (H, H), interpolation=cv2.INTER_LINEAR)
                    for c in range(term.shape[-1]))
 
     maps = []

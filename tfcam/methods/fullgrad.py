@@ -165,7 +165,12 @@ class _Terms:
 
 
 def _psi_channel_sum(t: tf.Tensor, axis: int, size) -> tf.Tensor:
-    """``Σ_c ψ(t_c)``: each channel resized to ``size`` and min-max scaled per example, then summed.
+    """``Σ_c ψ(t_c)``: each channel min-max scaled per example, summed, resized to ``size``.
+
+    ψ scales a channel at its own resolution and resizes it (pytorch-grad-cam's
+    ``scale_cam_image``). The resize is linear, so the sum of the resized channels is the
+    resized sum: one resize per layer instead of one per channel (a ResNet50 has 2048
+    channels in its last block).
 
     Args:
         t: ``(N, ..., C, ...)`` with the channel axis at ``axis``.
@@ -177,13 +182,12 @@ def _psi_channel_sum(t: tf.Tensor, axis: int, size) -> tf.Tensor:
     """
     rank = len(t.shape)
     axis = axis % rank
-    t = tf.transpose(t, [0, axis] + [i for i in range(1, rank) if i != axis])  # (N, C, *S)
-    dyn = tf.shape(t)
-    spatial = [d if d is not None else dyn[i + 2] for i, d in enumerate(t.shape[2:])]
-    per_channel = tf.reshape(t, [-1] + spatial)  # (N * C, *S)
-    scaled = maps_ops.normalize_maps(maps_ops.resize_maps(per_channel, size))
-    out_shape = [d if isinstance(d, tf.Tensor) else int(d) for d in size]
-    return tf.reduce_sum(tf.reshape(scaled, [-1, t.shape[1]] + out_shape), axis=1)
+    t = tf.transpose(t, [0] + [i for i in range(1, rank) if i != axis] + [axis])  # (N, *S, C)
+    spatial = list(range(1, rank - 1))
+    lo = tf.reduce_min(t, axis=spatial, keepdims=True)
+    hi = tf.reduce_max(t, axis=spatial, keepdims=True)
+    scaled = tf.math.divide_no_nan(t - lo, hi - lo)  # a constant channel scales to 0
+    return maps_ops.resize_maps(tf.reduce_sum(scaled, axis=-1), size)
 
 
 def _deps(view):
@@ -289,16 +293,17 @@ def fullgrad(ctx) -> tf.Tensor:
     transposed, depthwise and separable convs with ``use_bias``) and batch-norm layer of
     the network, nested models included; ``z_l`` is the layer's output *before* a fused
     activation; ``ψ`` resizes bilinearly to the input and min-max scales per example,
-    applied to every channel separately before the channel sum (input channels too); the
-    batch-norm bias is ``β − μγ/√(σ² + ε)``. The map covers the whole network: the
+    applied to every channel separately before the channel sum (input channels too; each
+    channel min-max scaled at its own resolution, then resized, as pytorch-grad-cam's
+    ``scale_cam_image``); the batch-norm bias is ``β − μγ/√(σ² + ε)``. The map covers the whole network: the
     Explainer's ``layer`` argument does not apply (it is ignored).
 
     Convention: per-channel ``ψ`` follows eq. 5 (``Σ_c ψ(·)``) and pytorch-grad-cam
-    (``scale_accross_batch_and_channels`` then a channel sum; it scales before resizing,
-    which gives the same map when upsampling). The paper's reference code scales each
-    layer's term over (channels × space) instead; summing channels *before* scaling (what
-    tfcam did before) lets a few large channels dominate a layer's term. Memory: each
-    layer's term is resized to the input per channel, ``N·C·|input|`` floats at a time.
+    (``scale_accross_batch_and_channels`` then a channel sum, scaling before resizing).
+    The paper's reference code scales each layer's term over (channels × space) instead;
+    summing channels *before* scaling (what tfcam did before) lets a few large channels
+    dominate a layer's term. Because the resize is linear, the scaled channels are summed
+    first and resized once per layer.
 
     Cost: one forward and one backward pass per batch (the compiled function is built
     once per Explainer and target kind).
