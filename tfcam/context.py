@@ -160,11 +160,6 @@ class ModelView:
         shape = self.input_shape
         return shape[1:] if self.channels_first else shape[:-1]
 
-    @property
-    def input_channels(self) -> int | None:
-        shape = self.input_shape
-        return shape[0] if self.channels_first else shape[-1]
-
     def layer_channels_first(self, li: int) -> bool:
         """Whether layer ``li`` (an index into ``layers``) has ``data_format="channels_first"``."""
         return getattr(self.layers[li].layer, "data_format", None) == "channels_first"
