@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import best_time, have, print_rows, row  # noqa: E402
+from common import best_time, have, paired, print_rows, row  # noqa: E402
 
 
 def rows(quick: bool = False) -> list[dict]:
@@ -59,21 +57,6 @@ def rows(quick: bool = False) -> list[dict]:
                     shutil.rmtree(out, ignore_errors=True)
         return go
 
-    # the machine is shared: time each job right next to a forward pass over the same data and
-    # report the median of the per-pair ratios (less sensitive to load changing over the run)
-    def paired(fn):
-        fn()
-        plain_forward()
-        pairs = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            plain_forward()
-            t1 = time.perf_counter()
-            fn()
-            t2 = time.perf_counter()
-            pairs.append((t1 - t0, t2 - t1))
-        return statistics.median(p[1] for p in pairs), statistics.median(p[1] / p[0] for p in pairs)
-
     t_fwd = best_time(plain_forward, repeats)
     t_pred = best_time(keras_predict, repeats)
     results = [
@@ -82,7 +65,9 @@ def rows(quick: bool = False) -> list[dict]:
     ]
 
     def add(name, fn, target):
-        t, ratio = paired(fn)
+        # the machine is shared: each job is timed right next to a forward pass over the same
+        # data, and the median of the per-pair ratios is reported
+        ratio, t, _ = paired(fn, plain_forward, repeats)
         results.append(row(f"{name}", n / t, "", "images/s"))
         results.append(row(f"{name}: time / forward time", ratio, target,
                            f"MobileNetV2 {size}x{size}, {n} images, batch {batch}, layer {layer}; "

@@ -57,3 +57,19 @@ def test_a_custom_reshape_has_no_inverse():
         assert "inverse" in str(err) and str(err).rstrip().endswith("reshape=<callable>")
     else:
         raise AssertionError("expected a MethodError")
+
+
+def test_weighted_map_against_numpy():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(2, 3, 4, 5)).astype("float32")
+    w = rng.normal(size=(2, 5)).astype("float32")
+    got = tfcam.maps.weighted_map(tf.constant(a), tf.constant(w)).numpy()
+    np.testing.assert_allclose(got, np.einsum("nhwc,nc->nhw", a, w), rtol=1e-5, atol=1e-6)
+    smooth = tfcam.maps.weighted_map(tf.constant(a), tf.constant(w), eigen_smooth=True).numpy()
+    for i in range(2):  # first principal component of w * A, sign following the channel sum
+        x = (a[i] * w[i]).reshape(-1, 5)
+        xc = x - x.mean(0)
+        proj = xc @ np.linalg.svd(xc, full_matrices=False)[2][0]
+        total = x.sum(1)
+        proj *= np.sign(np.dot(proj - proj.mean(), total - total.mean()))
+        np.testing.assert_allclose(smooth[i].ravel(), proj, rtol=1e-4, atol=1e-4)

@@ -160,6 +160,13 @@ class ModelView:
         shape = self.input_shape
         return shape[1:] if self.channels_first else shape[:-1]
 
+    def spatial_size(self, image: tf.Tensor) -> list:
+        """The spatial size of a batch of the explained input (user's layout): the static
+        sizes, and run-time values (scalar tensors) for variable-length axes."""
+        first = 2 if self.channels_first else 1
+        dyn = tf.shape(image)
+        return [dyn[first + i] if s is None else int(s) for i, s in enumerate(self.spatial_shape)]
+
     def layer_channels_first(self, li: int) -> bool:
         """Whether layer ``li`` (an index into ``layers``) has ``data_format="channels_first"``."""
         return getattr(self.layers[li].layer, "data_format", None) == "channels_first"
@@ -434,8 +441,7 @@ class MethodContext:
     def combine(self, acts: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
         """``sum_k w_k A_k``, or with ``eigen_smooth`` the first principal component of
         ``w * A`` (the Explainer's option; every weights-based method uses this)."""
-        weighted = maps_ops.channel_weighted(acts, weights)
-        return maps_ops.principal_projection(weighted) if self.view.eigen_smooth else tf.reduce_sum(weighted, -1)
+        return maps_ops.weighted_map(acts, weights, self.view.eigen_smooth)
 
     def class_index(self, selected: tf.Tensor, arrays: tuple | None = None) -> tf.Tensor:
         """The class each example's score is about; ``MethodError`` for other targets."""

@@ -341,18 +341,6 @@ class Explainer:
             )
         return got
 
-    def _resize_target(self, x_main: tf.Tensor) -> list:
-        """The explained input's spatial size; run-time values for variable-length axes."""
-        size = list(self.input_spatial_shape)
-        if all(s is not None for s in size):
-            return size
-        first = 2 if self.data_format == "channels_first" else 1
-        dyn = tf.shape(x_main)
-        return [dyn[first + i] if s is None else s for i, s in enumerate(size)]
-
-    def _main_input(self, x: Any) -> Any:
-        return x[self._input_index] if self.multi_input else x
-
     def _check_methods(self, methods: Sequence[Method]) -> dict[str, MethodOptions]:
         """Everything a request can get wrong, before any work; returns each method's options.
 
@@ -527,7 +515,7 @@ class Explainer:
         def step(x, target_arrays):
             self._trace_count += 1
             x_main = view.main_input(x)
-            size = self._resize_target(x_main) if resize else None
+            size = self.view.spatial_size(x_main) if resize else None
             maps, scores, preds = maps_of(x, target_arrays, size)
             if self.aug_smooth and maps:
                 maps = self._augment_in_step(maps, x, x_main, target_arrays, size, normalize, maps_of)
@@ -592,9 +580,7 @@ class Explainer:
                     f"Method {m.name!r} returned maps shaped {tuple(r.shape)}; expected (N, *S) with "
                     f"{len(self.input_spatial_shape)} spatial axes like the input. Received: method={m.name!r}")
         # the batch's own spatial size: variable-length inputs have None in the model's shape
-        main = self.view.main_input(xb)
-        first = 2 if self.data_format == "channels_first" else 1
-        size = tuple(int(main.shape[first + i]) for i in range(len(self.input_spatial_shape)))
+        size = tuple(int(s) for s in self.view.spatial_size(self.view.main_input(xb)))
         post = self._post_function(tuple(tuple(r.shape[1:]) for r in raw), resize, normalize, size)
         return post(raw)
 
@@ -687,7 +673,7 @@ class Explainer:
 
     def _augmented_runners(self, maps, runners, xb, target, ab, resize, normalize, verbose, options):
         """aug_smooth for runner methods: their own passes on each augmented input."""
-        main = self._main_input(xb)
+        main = self.view.main_input(xb)
         total = {m.name: tf.identity(maps[m.name]) for m in runners}
         for flip, aug in self._augmentations(main):
             xa = [aug if i == self._input_index else t for i, t in enumerate(xb)] if isinstance(xb, list) else aug

@@ -12,13 +12,20 @@ import tensorflow as tf
 
 __all__ = [
     "principal_projection",
-    "channel_weighted", "weighted_channel_sum", "normalize_maps", "resize_maps", "postprocess", "combine_layers"]
+    "channel_weighted", "weighted_map", "weighted_channel_sum", "normalize_maps", "resize_maps", "postprocess", "combine_layers"]
 
 
 def channel_weighted(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     """``w_k * A_k`` for activations ``(N, *S, C)`` and per-example channel weights ``(N, C)``."""
     shape = [-1] + [1] * (len(activations.shape) - 2) + [activations.shape[-1]]
     return activations * tf.reshape(weights, shape)
+
+
+def weighted_map(activations: tf.Tensor, weights: tf.Tensor, eigen_smooth: bool = False) -> tf.Tensor:
+    """``sum_k w_k A_k``, or with ``eigen_smooth`` the first principal component of ``w * A``
+    (pytorch-grad-cam's ``eigen_smooth``), ``(N, *S)``."""
+    weighted = channel_weighted(activations, weights)
+    return principal_projection(weighted) if eigen_smooth else tf.reduce_sum(weighted, axis=-1)
 
 
 def weighted_channel_sum(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:

@@ -211,11 +211,6 @@ def _output_layer(model: keras.Model, index: int):
     return op
 
 
-def _size(view, xi: tf.Tensor) -> list:
-    """The explained input's spatial size; run-time values for variable-length axes."""
-    return [tf.shape(xi)[1 + i] if s is None else int(s) for i, s in enumerate(view.spatial_shape)]
-
-
 def _build(view, target, arrays):
     in_rank = len(view.input_shape) + 1
     deps_ok = _deps(view)
@@ -246,7 +241,7 @@ def _build(view, target, arrays):
             raise TargetError("The target score does not depend on the explained input (its gradient is None).")
         xi = view.image_to_channels_last(tf.cast(x_main, tf.float32))
         signed_in = xi * view.image_to_channels_last(tf.cast(dx, tf.float32))
-        size = _size(view, xi)
+        size = view.spatial_size(x_main)
         total = _psi_channel_sum(tf.abs(signed_in), -1, size)
         bias_sum = tf.zeros_like(scores)
         for layer, z, g, in_map in zip(fg.layers, zs, grads[1:], fg.in_map):

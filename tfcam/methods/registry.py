@@ -180,8 +180,7 @@ def combine_channels(m: Method, out: tf.Tensor, a: tf.Tensor, g: tf.Tensor, eige
     pytorch-grad-cam's ``eigen_smooth`` does.
     """
     if m.returns == "weights":
-        weighted = maps_ops.channel_weighted(a, out)
-        return maps_ops.principal_projection(weighted) if eigen_smooth else tf.reduce_sum(weighted, axis=-1)
+        return maps_ops.weighted_map(a, out, eigen_smooth)
     if eigen_smooth and m.elementwise is not None:
         return maps_ops.principal_projection(m.elementwise(a, g))
     return out
