@@ -181,12 +181,7 @@ class _Runner:
             result = self.fed[id(op)]
         elif is_model(op) and self.rw.descend_into(op, wants_logits and is_output):
             x = args[0] if args else next(iter(kwargs.values()))
-            flat = tree.flatten(x)
-            outs, sub_logits = self.run_model(op, flat, wants_logits and is_output)
-            result = tree.pack_sequence_as(op._outputs_struct, outs) if hasattr(op, "_outputs_struct") \
-                else (outs[0] if len(outs) == 1 else outs)
-            if is_output and sub_logits and sub_logits[0] is not None:
-                logits[id(op)] = sub_logits[0]
+            result = self.nested(op, tree.flatten(x), is_output, wants_logits, logits)
         else:
             result = None
             if self.rw.call is not None and not is_model(op):
@@ -201,11 +196,24 @@ class _Runner:
                 gated = self.rw.after(op, result)
                 if gated is not None:
                     result = gated
+        return self.finish(op, result)
+
+    def finish(self, op, result):
+        """The rules that apply to any operation's output: replacement, then capture."""
         if id(op) in self.replace:
             result = self.replace[id(op)](result)
         if id(op) in self.capture_ids:
             self.captured.setdefault(id(op), []).append(result)
         return result
+
+    def nested(self, op: keras.Model, flat: Sequence, is_output: bool, wants_logits: bool, logits: dict):
+        """A nested model interpreted layer by layer on ``flat`` inputs (None where not needed)."""
+        outs, sub_logits = self.run_model(op, flat, wants_logits and is_output)
+        if is_output and sub_logits and sub_logits[0] is not None:
+            logits[id(op)] = sub_logits[0]
+        if hasattr(op, "_outputs_struct"):
+            return tree.pack_sequence_as(op._outputs_struct, outs)
+        return outs[0] if len(outs) == 1 else outs
 
     # ------------------------------------------------------------------ one model
     def needed(self, model: keras.Model) -> tuple[set, set]:
@@ -275,14 +283,7 @@ class _Runner:
                     if is_model(op) and any(contains(op, f) for f in self.rw.feed):
                         # a nested model holding a fed layer: give it what exists
                         sub = [tensors.get(id(x)) for x in node.input_tensors]
-                        is_output = id(op) in output_ops
-                        outs, sub_logits = self.run_model(op, sub, wants_logits and is_output)
-                        if is_output and sub_logits and sub_logits[0] is not None:
-                            logits[id(op)] = sub_logits[0]
-                        result = tree.pack_sequence_as(op._outputs_struct, outs) \
-                            if hasattr(op, "_outputs_struct") else (outs[0] if len(outs) == 1 else outs)
-                        if id(op) in self.capture_ids:
-                            self.captured.setdefault(id(op), []).append(result)
+                        result = self.finish(op, self.nested(op, sub, id(op) in output_ops, wants_logits, logits))
                         for x, y in zip(node.outputs, tree.flatten(result)):
                             tensors[id(x)] = y
                         continue
@@ -315,12 +316,7 @@ class _Runner:
         for i, layer in enumerate(layers[start:], start):
             is_output = i == len(layers) - 1
             if i == start and self.rw.feed and is_model(layer) and id(layer) not in self.feed_ids:
-                outs, sub_logits = self.run_model(layer, None if x is None else [x], wants_logits and is_output)
-                x = outs[0] if len(outs) == 1 else outs
-                if is_output and sub_logits and sub_logits[0] is not None:
-                    logits[id(layer)] = sub_logits[0]
-                if id(layer) in self.capture_ids:
-                    self.captured.setdefault(id(layer), []).append(x)
+                x = self.finish(layer, self.nested(layer, None if x is None else [x], is_output, wants_logits, logits))
                 continue
             if x is None and id(layer) not in self.feed_ids:
                 raise _NeedsInputs()
