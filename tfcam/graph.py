@@ -14,7 +14,11 @@ user's model changes.
 Handled: Functional and Sequential models, models nested in them at any depth (fed by the
 outer inputs or by intermediate tensors, with tensor, list or dict inputs), shared layers
 (a layer called several times: every call sees the rules; captures keep every call),
-multi-input and multi-output models.
+multi-input and multi-output models. Layers that hold no graph (custom composite layers
+such as a transformer block, subclassed models) are called whole; the ``capture``,
+``replace`` and ``wrap`` rules still reach the sublayers they call, through a
+thread-local hook on ``Layer.__call__`` that is set only while ``run_graph`` runs
+(``tfcam._hooks``): nothing of the user's layers changes, and other threads are not seen.
 
 This module is a small internal API for ``tfcam.methods`` and the engine: ``Rewrite``
 (the rules), ``run_graph`` (run them), ``needs_inputs`` (does the part after a layer
@@ -30,6 +34,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops, tree
 
+from tfcam._hooks import intercepting
 from tfcam.errors import LayerError, ModelError
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
     "pre_activation",
     "output_activation",
     "is_model",
+    "has_graph",
     "contains",
 ]
 
@@ -112,6 +118,9 @@ class Rewrite:
             before that activation (``GraphResult.logits``).
         feed: layers whose outputs are supplied by the caller (``run_graph(fed=...)``):
             the graph before them is not run.
+        wrap: ``{layer: fn(call, args, kwargs) -> output}``: run instead of the layer's
+            call, at any depth (also inside custom layers); ``call(*args, **kwargs)`` runs
+            the layer itself (e.g. asking an attention layer for its scores as well).
     """
 
     capture: tuple = ()
@@ -120,11 +129,12 @@ class Rewrite:
     call: Callable[[Any, tuple, dict], Any] | None = None
     logits: bool = False
     feed: tuple = ()
+    wrap: dict = field(default_factory=dict)
 
     def descend_into(self, model: keras.Model, wants_logits: bool) -> bool:
         """Whether a nested model must be interpreted layer by layer (not called whole)."""
-        if not isinstance(model, keras.Sequential) and not hasattr(model, "_nodes_by_depth"):
-            return False  # no graph (subclassed): called whole, the rules do not reach inside
+        if not has_graph(model):
+            return False  # no graph (subclassed): called whole; the hook reaches its sublayers
         if self.after is not None or self.call is not None or wants_logits:
             return True
         watched = list(self.capture) + [layer for layer in self.replace] + list(self.feed)
@@ -149,12 +159,9 @@ class _NeedsInputs(Exception):
     """Raised when a run with ``fed`` layers needs a model input it was not given."""
 
 
-def _check_graph(model: keras.Model) -> None:
-    if not isinstance(model, keras.Sequential) and not hasattr(model, "_nodes_by_depth"):
-        raise ModelError(
-            "Only Functional and Sequential models (and models nested in them) expose a graph "
-            f"tfcam can read. Received: model={model.name!r} ({type(model).__name__})"
-        )
+def has_graph(model: keras.Model) -> bool:
+    """True for models that record a graph tfcam can walk (Functional, Sequential)."""
+    return isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")
 
 
 def _call_layer(layer, args: tuple, kwargs: dict):
@@ -172,7 +179,33 @@ class _Runner:
         self.capture_ids = {id(layer) for layer in rewrite.capture}
         self.replace = {id(layer): fn for layer, fn in rewrite.replace.items()}
         self.feed_ids = {id(layer) for layer in rewrite.feed}
+        self.wrap = {id(layer): fn for layer, fn in rewrite.wrap.items()}
+        self.watched = self.capture_ids | set(self.replace) | set(self.wrap)
         self._needed: dict[int, tuple] = {}
+        self._direct: Any = None  # the layer the runner itself is calling (its rules apply in `apply`)
+
+    # ------------------------------------------------------------------ inside layers
+    def hook(self, layer, call, args: tuple, kwargs: dict):
+        """Every layer call while the graph runs: the rules for layers no graph node shows."""
+        if layer is self._direct:
+            self._direct = None
+            return call(*args, **kwargs)
+        if id(layer) not in self.watched:
+            return call(*args, **kwargs)
+        fn = self.wrap.get(id(layer))
+        return self.finish(layer, fn(call, args, kwargs) if fn is not None else call(*args, **kwargs))
+
+    def call_direct(self, op, args: tuple, kwargs: dict):
+        """The runner's own call of a graph operation (the wrap rule applies; the hook skips it)."""
+        def call(*a, **k):
+            self._direct = op
+            try:
+                return _call_layer(op, a, k)
+            finally:
+                self._direct = None
+
+        fn = self.wrap.get(id(op))
+        return fn(call, args, kwargs) if fn is not None else call(*args, **kwargs)
 
     # ------------------------------------------------------------------ one layer
     def apply(self, op, args: tuple, kwargs: dict, is_output: bool, wants_logits: bool, logits: dict):
@@ -187,7 +220,7 @@ class _Runner:
             if self.rw.call is not None and not is_model(op):
                 result = self.rw.call(op, args, kwargs)
             if result is None:
-                result = _call_layer(op, args, kwargs)
+                result = self.call_direct(op, args, kwargs)
             if is_output and wants_logits and not is_model(op) and output_activation(op):
                 pre = pre_activation(op, args[0] if args else next(iter(kwargs.values())))
                 if pre is not None:
@@ -258,7 +291,8 @@ class _Runner:
         return {0}
 
     def run_model(self, model: keras.Model, inputs: Sequence | None, wants_logits: bool):
-        _check_graph(model)
+        if not has_graph(model):
+            return self.run_whole(model, inputs)
         if isinstance(model, keras.Sequential):
             return self.run_sequential(model, inputs, wants_logits)
         nodes, needed_inputs = self.needed(model)
@@ -301,6 +335,14 @@ class _Runner:
         out_logits = [logits.get(id(t._keras_history.operation)) for t in model.outputs]
         return outputs, out_logits
 
+    def run_whole(self, model: keras.Model, inputs: Sequence | None):
+        """A model without a graph (subclassed), called as is; the hook reaches its sublayers."""
+        if not inputs or any(x is None for x in inputs):
+            raise _NeedsInputs()
+        x = inputs[0] if len(inputs) == 1 else list(inputs)
+        outputs = tree.flatten(self.finish(model, self.call_direct(model, (x,), {})))
+        return outputs, [None] * len(outputs)
+
     def run_sequential(self, model: keras.Sequential, inputs: Sequence | None, wants_logits: bool):
         layers = list(model.layers)
         start = 0
@@ -340,11 +382,11 @@ def run_graph(model: keras.Model, inputs: Sequence | None, rewrite: Rewrite = Re
 
     Raises:
         LayerError: ``fed`` layers do not cut the graph (an input is still needed).
-        ModelError: the model has no graph to interpret.
     """
     runner = _Runner(rewrite, fed or {})
     try:
-        outputs, logits = runner.run_model(model, None if inputs is None else list(inputs), rewrite.logits)
+        with intercepting(runner.hook):
+            outputs, logits = runner.run_model(model, None if inputs is None else list(inputs), rewrite.logits)
     except _NeedsInputs:
         names = [getattr(layer, "name", layer) for layer in rewrite.feed]
         raise LayerError(
@@ -361,6 +403,8 @@ def needs_inputs(model: keras.Model, layer: keras.layers.Layer) -> bool:
     False means ``layer`` cuts the graph: the part after it can run on its output alone
     (Ablation-CAM's fast path).
     """
+    if not has_graph(model):
+        return True
     runner = _Runner(Rewrite(feed=(layer,)), {})
     if isinstance(model, keras.Sequential):
         return bool(runner._sequential_inputs(model))
