@@ -248,6 +248,12 @@ def test_pure_functions_match_numpy():
     np.testing.assert_allclose(np.asarray(got), r, rtol=1e-5)
     e = np.mean([np.maximum(g, 0).mean((1, 2)) for g in grads], axis=0)
     np.testing.assert_allclose(np.asarray(legrad_relevance([tf.constant(g, tf.float32) for g in grads])), e, rtol=1e-5)
+    # the runners' row-only product equals the full product's row (class token) or row mean
+    from tfcam.methods.attention import _chefer_factors, _row_of_product
+
+    factors = _chefer_factors([tf.constant(a, tf.float32) for a in atts], [tf.constant(g, tf.float32) for g in grads])
+    np.testing.assert_allclose(np.asarray(_row_of_product(factors, 1)), r[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(_row_of_product(factors, 0)), r.mean(1), rtol=1e-5)
     # no prefix tokens: the mean over query rows
     np.testing.assert_allclose(np.asarray(token_relevance(tf.constant(r[:, :4, :4], tf.float32), 0, (2, 2))),
                                r[:, :4, :4].mean(1).reshape(2, 2, 2), rtol=1e-6)

@@ -196,14 +196,50 @@ def rollout_matrix(attentions: Sequence[tf.Tensor], head_fusion: str = "mean",
     >>> bool(tf.reduce_all(tf.abs(tf.reduce_sum(rollout_matrix([a, a]), -1) - 1) < 1e-6))
     True
     """
-    result = None
+    return _product(_rollout_factors(attentions, head_fusion, discard_ratio))
+
+
+def _rollout_factors(attentions: Sequence[tf.Tensor], head_fusion: str, discard_ratio: float) -> list:
+    """``Ã_l = rownorm(0.5·fuse_h(A_l) + 0.5·I)`` per layer."""
+    out = []
     for attention in attentions:
         fused = _discard(_fuse(attention, head_fusion), discard_ratio)
         eye = tf.eye(int(fused.shape[-1]), dtype=fused.dtype)[None]
         a = 0.5 * fused + 0.5 * eye
-        a = a / tf.reduce_sum(a, axis=-1, keepdims=True)
-        result = a if result is None else tf.matmul(a, result)
+        out.append(a / tf.reduce_sum(a, axis=-1, keepdims=True))
+    return out
+
+
+def _chefer_factors(attentions: Sequence[tf.Tensor], gradients: Sequence[tf.Tensor]) -> list:
+    """``I + Ā_l`` with ``Ā_l = E_h[(∇A_l ⊙ A_l)^+]`` per layer (``R ← R + Ā_l R = (I + Ā_l) R``)."""
+    out = []
+    for a, g in zip(attentions, gradients):
+        a = tf.cast(a, tf.float32)
+        g = tf.zeros_like(a) if g is None else tf.cast(g, tf.float32)
+        cam = tf.reduce_mean(tf.nn.relu(g * a), axis=1)
+        out.append(cam + tf.eye(int(a.shape[-1]), dtype=tf.float32)[None])
+    return out
+
+
+def _product(factors: Sequence[tf.Tensor]) -> tf.Tensor:
+    """``F_L ··· F_1`` for factors given in call order ``F_1..F_L``."""
+    result = None
+    for f in factors:
+        result = f if result is None else tf.matmul(f, result)
     return result
+
+
+def _row_of_product(factors: Sequence[tf.Tensor], prefix_tokens: int) -> tf.Tensor:
+    """The map's row of ``F_L ··· F_1`` without forming the product: ``v^T F_L ··· F_1`` with
+    ``v`` the class token's indicator (``k >= 1``) or the uniform row mean (``k = 0``), one
+    vector-matrix product per layer (``O(L T^2)`` instead of ``O(L T^3)``). ``(N, T)``."""
+    if prefix_tokens >= 1:
+        v = factors[-1][:, 0, :]
+    else:
+        v = tf.reduce_mean(factors[-1], axis=1)
+    for f in reversed(factors[:-1]):
+        v = tf.linalg.matvec(f, v, transpose_a=True)
+    return v
 
 
 def gradient_rollout_matrix(attentions: Sequence[tf.Tensor], gradients: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -221,15 +257,7 @@ def gradient_rollout_matrix(attentions: Sequence[tf.Tensor], gradients: Sequence
     Returns:
         ``R``, float32 ``(N, T, T)``.
     """
-    result = None
-    for a, g in zip(attentions, gradients):
-        a = tf.cast(a, tf.float32)
-        g = tf.zeros_like(a) if g is None else tf.cast(g, tf.float32)
-        cam = tf.reduce_mean(tf.nn.relu(g * a), axis=1)
-        if result is None:
-            result = tf.eye(int(a.shape[-1]), batch_shape=[tf.shape(a)[0]], dtype=tf.float32)
-        result = result + tf.matmul(cam, result)
-    return result
+    return _product(_chefer_factors(attentions, gradients))
 
 
 def legrad_relevance(gradients: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -446,7 +474,8 @@ def _rollout(ctx: MethodContext) -> tf.Tensor:
     def build():
         def fn(x):
             _, atts = _attention_run(ctx, x, _Recorder(), norms=False)
-            return token_relevance(rollout_matrix(atts, fusion, ratio), plan.prefix, plan.grid)
+            row = _row_of_product(_rollout_factors(atts, fusion, ratio), plan.prefix)
+            return token_relevance(row, plan.prefix, plan.grid)
         return view.compile(fn, [view.input_spec()])
 
     return ctx.cached(("rollout", fusion, ratio), build)(ctx.inputs)
@@ -479,7 +508,8 @@ def _gradient_rollout(ctx: MethodContext) -> tf.Tensor:
                 selected, atts = _attention_run(ctx, x, _Recorder(), norms=False)
                 y = tf.cast(target.score(selected, *arrays), tf.float32)
             grads = tape.gradient(y, atts)
-            return token_relevance(gradient_rollout_matrix(atts, grads), plan.prefix, plan.grid)
+            row = _row_of_product(_chefer_factors(atts, grads), plan.prefix)
+            return token_relevance(row, plan.prefix, plan.grid)
         return view.compile(fn, [view.input_spec(), view.arrays_spec(ctx.arrays)])
 
     return ctx.cached(ctx.key("chefer"), build)(ctx.inputs, ctx.arrays)
