@@ -32,6 +32,7 @@ PUBLIC_MODULES = [
     "tfcam.methods.perturbation",
     "tfcam.methods.attribution",
     "tfcam.methods.fullgrad",
+    "tfcam.methods.attention",
     "tfcam.attribution",
     "tfcam.callbacks",
     "tfcam.dataset",
