@@ -48,8 +48,8 @@ __all__ = [
     "box_iou",
 ]
 
-#: Box formats ``DetectionTarget`` accepts for its reference boxes (KerasHub's names), all in pixels.
 BOX_FORMATS = ("xyxy", "yxyx", "xywh", "center_xywh", "center_yxhw")
+"""Box formats ``DetectionTarget`` accepts for its reference boxes (KerasHub's names), all in pixels."""
 
 
 def to_xyxy(boxes: Any, box_format: str) -> Any:
