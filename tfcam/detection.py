@@ -162,8 +162,11 @@ class DetectionAdapter:
 
     @property
     def trace_key(self) -> Any:
-        """Adapters with equal keys decode identically (they share a compiled step)."""
-        return (type(self), id(self))
+        """Adapters with equal keys decode identically (they share a compiled step).
+
+        The default is the adapter itself (compared by identity, and kept alive by the cache).
+        """
+        return (type(self), self)
 
 
 class CallableAdapter(DetectionAdapter):
@@ -196,7 +199,11 @@ class CallableAdapter(DetectionAdapter):
 
     @property
     def trace_key(self) -> Any:
-        return (CallableAdapter, self.fn, self.num_classes)
+        try:
+            hash(self.fn)
+            return (CallableAdapter, self.fn, self.num_classes)
+        except TypeError:  # an unhashable callable object: by identity
+            return (CallableAdapter, self, self.num_classes)
 
 
 def _image_hw(model: Any) -> tuple[int, int]:
