@@ -5,13 +5,15 @@ with the working directory set to a temporary directory of that page (examples w
 ``logs/``, ``runs/`` ...). Each block is one test (``page.md:LINE``); a block that
 genuinely needs a download or a large model is marked by an HTML comment on the line just
 before its fence, ``<!-- skip: <reason> -->``, and reported as skipped with that reason.
-``bash`` and ``text`` blocks are not executed. Methods registered by a page are
-unregistered after it. Also checked: README.md is at most 12 kB and its relative links
+A block that needs an optional package is marked ``<!-- needs: <module> -->`` there
+instead: it runs when the module is importable and is skipped otherwise. ``bash`` and
+``text`` blocks are not executed. Methods registered by a page are unregistered after it. Also checked: README.md is at most 12 kB and its relative links
 point to existing files.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import textwrap
@@ -32,6 +34,18 @@ README_LIMIT = 12 * 1024
 
 FENCE = re.compile(r"^\s*```(\S*)\s*$")  # list items indent their fences
 SKIP = re.compile(r"^\s*<!--\s*skip:\s*(.+?)\s*-->\s*$")
+NEEDS = re.compile(r"^\s*<!--\s*needs:\s*([\w.]+)\s*-->\s*$")
+
+
+def _skip_reason(line: str) -> str | None:
+    """The reason to skip the block after ``line``: a ``skip:`` comment, or a ``needs:`` module that is absent."""
+    m = SKIP.match(line)
+    if m:
+        return m.group(1)
+    m = NEEDS.match(line)
+    if m and importlib.util.find_spec(m.group(1)) is None:
+        return f"needs {m.group(1)}, which is not installed"
+    return None
 
 
 @dataclass
@@ -56,8 +70,8 @@ def code_blocks(path: Path) -> list[Block]:
         while i < len(lines) and lines[i].strip() != "```":
             i += 1
         if lang == "python":
-            skip = SKIP.match(lines[start - 1]) if start else None
-            blocks.append(Block(path.name, start + 1, textwrap.dedent("\n".join(lines[start + 1 : i])), skip and skip.group(1)))
+            skip = _skip_reason(lines[start - 1]) if start else None
+            blocks.append(Block(path.name, start + 1, textwrap.dedent("\n".join(lines[start + 1 : i])), skip))
         i += 1
     return blocks
 

@@ -26,6 +26,7 @@ PUBLIC_MODULES = [
     "tfcam",
     "tfcam.engine",
     "tfcam.targets",
+    "tfcam.detection",
     "tfcam.methods",
     "tfcam.methods.gradient",
     "tfcam.methods.zoo",

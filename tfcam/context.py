@@ -41,7 +41,9 @@ class ModelPass(NamedTuple):
         raw: the target layers' outputs as the layers return them (the model's dtype and
             layout); gradients must be taken w.r.t. these.
         acts: the same in the map layout: float32, ``(N, *S, C)``.
-        selected: the explained output (pre-activation by default), float32.
+        selected: the explained output (pre-activation by default), float32; for a target
+            with ``needs_all_outputs`` (a view built with ``all_outputs=True``) every output,
+            packed like the model's outputs (a dict for KerasHub detectors).
         outputs: every model output, as returned.
         logits: per output, the value before a final softmax/sigmoid (``score="logit"``)
             or the output itself.
@@ -103,8 +105,10 @@ class ModelView:
         run_eagerly: bool,
         batch_size: int,
         eigen_smooth: bool,
+        all_outputs: bool = False,
     ):
         self.model = model
+        self.all_outputs = bool(all_outputs)
         self.layers = list(layers)
         self.input_index = input_index
         self.output_index = output_index
@@ -271,8 +275,15 @@ class ModelView:
                   for lg, o in zip(result.logits, result.outputs)]
         return ModelPass(raw, acts, self.select(result.outputs, result.logits), list(result.outputs), logits)
 
-    def select(self, outputs: Sequence, logits: Sequence) -> tf.Tensor:
-        """The explained output as float32: its pre-activation logits when ``score="logit"`` and known."""
+    def select(self, outputs: Sequence, logits: Sequence) -> Any:
+        """The explained output as float32: its pre-activation logits when ``score="logit"`` and known.
+
+        With ``all_outputs``, every output so (float ones cast to float32), packed like the
+        model's outputs (``pack_outputs``).
+        """
+        if self.all_outputs:
+            flat = [lg if (self.score == "logit" and lg is not None) else o for o, lg in zip(outputs, logits)]
+            return pack_outputs(self.model, [tf.cast(t, tf.float32) if t.dtype.is_floating else t for t in flat])
         i = self.output_index
         sel = logits[i] if (self.score == "logit" and logits[i] is not None) else outputs[i]
         return tf.cast(sel, tf.float32)
@@ -353,6 +364,30 @@ class ModelView:
             return self.select(result.outputs, result.logits)
 
         return tail
+
+
+def output_keys(model: keras.Model) -> list[str | None]:
+    """Per output (``model.outputs`` order), its key in a dict-structured output, else None.
+
+    Nested dicts give ``"outer/inner"`` keys (list positions included as numbers).
+    """
+    struct = getattr(model, "_outputs_struct", None)
+    if not isinstance(struct, dict):
+        return [None] * len(model.outputs)
+    path = {id(t): "/".join(str(k) for k in p) for p, t in keras.tree.flatten_with_path(struct)}
+    return [path.get(id(t)) for t in model.outputs]
+
+
+def pack_outputs(model: keras.Model, flat: Sequence) -> Any:
+    """``flat`` (one value per ``model.outputs``) packed like the model's outputs: a dict for
+    dict-output models, a list for several outputs, the value itself for one."""
+    struct = getattr(model, "_outputs_struct", None)
+    if isinstance(struct, (dict, list, tuple)) and len(keras.tree.flatten(struct)) == len(flat):
+        order = {id(t): i for i, t in enumerate(model.outputs)}
+        leaves = keras.tree.flatten(struct)
+        if all(id(t) in order for t in leaves):
+            return keras.tree.pack_sequence_as(struct, [flat[order[id(t)]] for t in leaves])
+    return list(flat) if len(flat) > 1 else flat[0]
 
 
 def _arrays_key(arrays: Sequence) -> tuple:

@@ -21,11 +21,12 @@ import tensorflow as tf
 
 from tfcam import maps as maps_ops
 from tfcam._tracing import CompiledCache
-from tfcam.context import MethodContext, MethodOptions, ModelView, combine_channels
+from tfcam.context import MethodContext, MethodOptions, ModelView, combine_channels, output_keys, pack_outputs
+from tfcam.detection import adapter_for
 from tfcam.errors import InputError, InputTypeError, LayerError, MethodError, TargetError, TfcamError
 from tfcam.layers import LayerRef, LayerSpec, grid_to_tokens, resolve_layers, tokens_to_grid
 from tfcam.methods import REGISTRY, Method, get_method
-from tfcam.targets import Target, TargetSpec, as_target
+from tfcam.targets import DetectionTarget, Target, TargetSpec, as_target
 from tfcam.validation import as_image_array, resolve_index
 
 __all__ = ["Explainer", "Explanation", "register_dataset_runner"]
@@ -68,7 +69,8 @@ class Explanation(dict):
 
     Attributes:
         predictions: the selected model output for every example (as the model returns
-            it, e.g. softmax probabilities), NumPy.
+            it, e.g. softmax probabilities), NumPy; for targets that read every output
+            (``DetectionTarget``), all of them, structured like the model's outputs.
         scores: the target score each map explains, ``(N,)`` (pre-softmax by default).
     """
 
@@ -95,8 +97,11 @@ class Explainer:
         score: ``"logit"`` (default) explains the score before a final softmax/sigmoid,
             recomputed from the output layer's own weights; ``"probability"`` explains
             the activated output.
-        output: which model output to explain (index or output-layer name) for
-            multi-output models.
+        output: which model output to explain for multi-output models: an index into
+            ``model.outputs``, a key of a dict-structured output (``"cls_logits"``,
+            ``"vision_logits"``; ``"outer/inner"`` when nested) or an output layer's name.
+            None: the first output, except for targets that read every output
+            (``needs_all_outputs``, e.g. ``DetectionTarget``), which then get them all.
         input: which model input the maps are about (index or input name), for
             multi-input models; maps come back at that input's spatial size. Images are
             then given as a list (model input order) or a dict keyed by input name.
@@ -175,12 +180,15 @@ class Explainer:
             logger.info("tfcam picked layer %r", self._layers[0].path)
         self.data_format = data_format or self._infer_format()
         self._output_index = self._resolve_output(output)
+        self._output_given = output is not None
         self.options: dict[str, Any] = _check_options(options)
-        self.view = ModelView(
-            model, self._layers, input_index=self._input_index, output_index=self._output_index,
+        self._view_args: dict[str, Any] = dict(
+            input_index=self._input_index, output_index=self._output_index,
             score=score, data_format=self.data_format, reshape=reshape_fn, reshape_inverse=reshape_inverse,
             jit_compile=self.jit_compile, run_eagerly=self.run_eagerly, batch_size=self.batch_size,
             eigen_smooth=self.eigen_smooth)
+        self.view = ModelView(model, self._layers, **self._view_args)
+        self._all_outputs_view: ModelView | None = None  # built on first use by a needs_all_outputs target
         self._map_ranks = [self._check_map_rank(li) for li in range(len(self._layers))]
         # bounded: keys hold user callables of CallableTargets (see tfcam._tracing)
         self._steps: CompiledCache = CompiledCache(_MAX_COMPILED)
@@ -368,7 +376,63 @@ class Explainer:
 
     def _resolve_output(self, output: int | str | None) -> int:
         names = [t._keras_history.operation.name for t in self.model.outputs]
-        return resolve_index(output, names, "output", TargetError)
+        keys = output_keys(self.model)
+        if isinstance(output, str) and output in keys:  # a dict key first: output op names may repeat
+            return keys.index(output)
+        valid = [k for k in keys if k is not None]
+        if not valid:
+            return resolve_index(output, names, "output", TargetError)
+        try:
+            return resolve_index(output, names, "output", TargetError)
+        except TargetError:
+            raise TargetError(
+                f"Expected output to be an index in [0, {len(names)}) or one of the model's output keys {valid} "
+                f"(or output names {sorted(set(names))}). Received: output={output!r}") from None
+
+    def _view_for(self, target: Target) -> ModelView:
+        """The view whose ``selected`` output ``target`` scores: every output for ``needs_all_outputs``."""
+        if not getattr(target, "needs_all_outputs", False):
+            return self.view
+        if self._output_given:
+            raise TargetError(
+                f"{type(target).__name__} reads every output of the model (e.g. a detector's boxes and class "
+                "scores), so the Explainer must not select one: build it with output=None. "
+                f"Received: output={self._config['output']!r}")
+        if self._all_outputs_view is None:
+            self._all_outputs_view = ModelView(self.model, self._layers, all_outputs=True, **self._view_args)
+        return self._all_outputs_view
+
+    def _as_target(self, targets: TargetSpec) -> Target:
+        """``as_target``, plus detectors: None explains a KerasHub detector's top detection, and a
+        ``DetectionTarget`` without an adapter gets the detector's."""
+        if targets is None:
+            adapter = adapter_for(self.model)
+            if adapter is not None:
+                return DetectionTarget.top(adapter)
+        target = as_target(targets)
+        if isinstance(target, DetectionTarget) and target.adapter is None:
+            adapter = adapter_for(self.model)
+            if adapter is not None:
+                target = target.with_adapter(adapter)
+        if targets is None and output_keys(self.model)[0] is not None and not self._output_given:
+            shape = tuple(self.model.outputs[self._output_index].shape)
+            if len(shape) != 2:
+                raise TargetError(
+                    f"targets=None explains the top class of output {output_keys(self.model)[0]!r}, shaped {shape}, "
+                    "which is not (batch, classes). For a detector pass targets=DetectionTarget(...) or "
+                    "DetectionTarget.top(adapter) (tfcam.detection adapters); otherwise choose an output with "
+                    f"output=<key> (one of {[k for k in output_keys(self.model) if k is not None]}). "
+                    "Received: targets=None")
+        return target
+
+    def _validate_target(self, target: Target, n: int) -> None:
+        """``target.validate`` against its output (every output's shape for ``needs_all_outputs``)."""
+        self._view_for(target)
+        if getattr(target, "needs_all_outputs", False):
+            shape = pack_outputs(self.model, [tuple(t.shape) for t in self.model.outputs])
+        else:
+            shape = self._output_shape()
+        target.validate(shape, n)
 
     # ------------------------------------------------------------------ inputs
     def _prepare_images(self, images: Any) -> np.ndarray | list[np.ndarray]:
@@ -462,7 +526,8 @@ class Explainer:
 
     def _build_step(self, methods: tuple[Method, ...], target: Target, resize: bool, normalize: bool,
                     arrays: tuple[np.ndarray, ...], options: dict[str, MethodOptions]):
-        view = self.view
+        view = self._view_for(target)
+        all_outputs = view.all_outputs
         layer_methods = [m for m in methods if m.kind == "cam"]
         input_methods = [m for m in methods if m.kind == "input"]
         need_grads = any(m.needs_gradients for m in layer_methods)
@@ -510,12 +575,13 @@ class Explainer:
                     results[m.name].append(combine_channels(m, out, a, g, self.eigen_smooth))
             for name, per_layer in results.items():
                 maps[name] = self._finish(name, per_layer, size, normalize)
-            return maps, scores, p.outputs[self._output_index]
+            return maps, scores, (pack_outputs(self.model, p.outputs) if all_outputs
+                                  else p.outputs[self._output_index])
 
         def step(x, target_arrays):
             self._trace_count += 1
             x_main = view.main_input(x)
-            size = self.view.spatial_size(x_main) if resize else None
+            size = view.spatial_size(x_main) if resize else None
             maps, scores, preds = maps_of(x, target_arrays, size)
             if self.aug_smooth and maps:
                 maps = self._augment_in_step(maps, x, x_main, target_arrays, size, normalize, maps_of)
@@ -570,7 +636,7 @@ class Explainer:
         return self.view.cached(key, build)
 
     def _run_runner(self, m: Method, xb, target, ab, resize, normalize, verbose, options):
-        ctx = MethodContext(self.view, m, xb, target, ab, options[m.name], verbose)
+        ctx = MethodContext(self._view_for(target), m, xb, target, ab, options[m.name], verbose)
         raw = m.fn(ctx)
         raw = list(raw) if isinstance(raw, (list, tuple)) else [raw]
         raw = tuple(tf.cast(r, tf.float32) for r in raw)
@@ -594,11 +660,11 @@ class Explainer:
         options = self._check_methods((m,))
         x = self._prepare_images(images)
         n = len(x[0]) if isinstance(x, list) else x.shape[0]
-        target = as_target(targets)
-        target.validate(self._output_shape(), n)
+        target = self._as_target(targets)
+        self._validate_target(target, n)
         arrays = target.arrays(n)
         xb = [tf.convert_to_tensor(a) for a in x] if isinstance(x, list) else tf.convert_to_tensor(x)
-        return MethodContext(self.view, m, xb, target, tuple(tf.convert_to_tensor(a) for a in arrays),
+        return MethodContext(self._view_for(target), m, xb, target, tuple(tf.convert_to_tensor(a) for a in arrays),
                              options[m.name], 0)
 
     # ------------------------------------------------------------------ public calls
@@ -618,8 +684,9 @@ class Explainer:
             images: ``(N, *input_shape)`` array or tensor (uint8 or float); for
                 multi-input models a list (``model.inputs`` order) or a dict keyed by
                 input name, one array per input.
-            targets: None (each example's top class), an int, one int per example, a
-                ``tfcam.targets.Target`` or a callable ``outputs -> (N,)`` scores.
+            targets: None (each example's top class; a KerasHub RetinaNet or D-FINE
+                detector's top detection, ``DetectionTarget.top()``), an int, one int per
+                example, a ``tfcam.targets.Target`` or a callable ``outputs -> (N,)`` scores.
             methods: method names (default: the Explainer's method).
             resize: resize maps to the input's spatial size.
             normalize: min-max normalize each map to [0, 1].
@@ -643,8 +710,8 @@ class Explainer:
         options = self._check_methods(resolved)
         x = self._prepare_images(images)
         n = len(x[0]) if isinstance(x, list) else x.shape[0]
-        target = as_target(targets)
-        target.validate(self._output_shape(), n)
+        target = self._as_target(targets)
+        self._validate_target(target, n)
         arrays = target.arrays(n)
         runners = [m for m in resolved if m.kind == "runner"]
         # the shared pass always runs: it gives predictions and scores, and every
@@ -665,9 +732,9 @@ class Explainer:
             for name, m in maps.items():
                 chunks[name].append(m.numpy())
             scores.append(sc.numpy())
-            preds.append(pr.numpy())
+            preds.append(keras.tree.map_structure(lambda t: t.numpy(), pr))
         result = Explanation({name: np.concatenate(c).astype(np.float32, copy=False) for name, c in chunks.items()})
-        result.predictions = np.concatenate(preds)
+        result.predictions = keras.tree.map_structure(lambda *p: np.concatenate(p), *preds)
         result.scores = np.concatenate(scores)
         return result
 

@@ -17,6 +17,7 @@ from typing import Any, Union
 import numpy as np
 import tensorflow as tf
 
+from tfcam.detection import BOX_FORMATS, DetectionAdapter, as_adapter, box_iou, to_xyxy
 from tfcam.errors import TargetError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "RegressionTarget",
     "BoxTarget",
     "SimilarityTarget",
+    "DetectionTarget",
     "ReconstructionTarget",
     "CallableTarget",
     "as_target",
@@ -49,7 +51,19 @@ class Target:
     (arrays, tensors, dicts) are left out of the key: pass such data through ``arrays``
     (they enter the step as tensors), or override ``trace_key`` to return a hashable value
     that changes whenever ``score`` would trace differently.
+
+    A target that reads several outputs of a multi-output model (a detector's boxes and
+    class scores) sets the class attribute ``needs_all_outputs = True``: ``score``,
+    ``class_index`` and ``validate`` then receive the whole output structure (the model's
+    dict or list of outputs, and of their shapes) instead of the one selected output.
+
+    Attributes:
+        needs_all_outputs: False (default): ``score`` gets the output chosen by the
+            Explainer's ``output=``; True: it gets every output, packed like the model's
+            outputs (the Explainer must then be built with ``output=None``).
     """
+
+    needs_all_outputs: bool = False
 
     @property
     def trace_key(self) -> Any:
@@ -424,42 +438,82 @@ class BoxTarget(SegmentationTarget):
 
 
 class SimilarityTarget(Target):
-    """Cosine similarity of an embedding output ``(N, D)`` to a reference embedding.
+    """Cosine similarity of an embedding output to a reference embedding.
 
-    For embedding / metric-learning models (face or image retrieval, Siamese towers):
-    the map shows which regions make the input look like the reference.
+    For embedding / metric-learning models (face or image retrieval, Siamese towers) and
+    image-text encoders (CLIP, SigLIP: the reference is a text embedding): the map shows
+    which regions make the input look like the reference.
     ``score = <e, r> / (||e|| ||r||)`` (0 for a zero vector).
+
+    The output is an embedding ``(N, D)``, or transformer tokens ``(N, T, D)`` reduced to
+    one embedding by ``token``: ``"cls"`` the first (class) token, ``"mean"`` the mean over
+    all tokens (mean pooling), or an int, the token at that index (negative counts from the
+    end).
 
     Args:
         reference: ``(D,)`` for all examples, or ``(N, D)`` one per example (e.g. the
-            embeddings of the images to compare with, from ``model.predict``).
+            embeddings of the images to compare with, from ``model.predict``, or a text
+            embedding).
+        token: None for ``(N, D)`` outputs; ``"cls"``, ``"mean"`` or a token index for
+            ``(N, T, D)`` token outputs.
+
+    Raises:
+        TargetError: a reference that is not finite or not shaped ``(D,)``/``(N, D)``, a bad
+            ``token``; at validation, a reference whose width is not the output's ``D``, or
+            a ``token`` that does not fit the output's rank or token count.
 
     Example:
 
     >>> SimilarityTarget([1.0, 0.0])(tf.constant([[2.0, 0.0], [0.0, 3.0]])).numpy().tolist()
     [1.0, 0.0]
+    >>> tokens = tf.constant([[[1.0, 0.0], [0.0, 5.0], [0.0, 5.0]]])   # (1, 3 tokens, 2)
+    >>> SimilarityTarget([1.0, 0.0], token="cls")(tokens).numpy().tolist()
+    [1.0]
     """
 
-    def __init__(self, reference: Any):
+    def __init__(self, reference: Any, token: str | int | None = None):
         ref = np.asarray(reference, np.float32)
-        if ref.ndim not in (1, 2) or not np.all(np.isfinite(ref)):
+        if ref.ndim not in (1, 2) or ref.shape[-1] == 0 or not np.all(np.isfinite(ref)):
             raise TargetError(
                 "Expected a finite reference embedding shaped (dim,) or (batch, dim). "
                 f"Received: reference with shape {ref.shape}"
             )
+        if isinstance(token, np.integer):
+            token = int(token)
+        if not (token is None or token in ("cls", "mean") or (isinstance(token, int) and not isinstance(token, bool))):
+            raise TargetError(
+                "Expected token to be None (an (N, D) embedding output), 'cls' (the first token), 'mean' "
+                f"(mean over tokens) or a token index. Received: token={token!r}"
+            )
         self.reference = ref
+        self.token = token
 
     def validate(self, output_shape: tuple, n: int) -> None:
-        d = output_shape[-1]
-        if len(output_shape) != 2:
+        output_shape = tuple(output_shape)
+        if self.token is None and len(output_shape) == 3:
             raise TargetError(
-                "A similarity target needs an embedding output shaped (batch, dim). "
-                f"Received: output shape {output_shape}"
+                f"The output holds tokens {output_shape} (batch, tokens, dim): pass token='cls' (class token), "
+                "token='mean' (mean over tokens) or a token index to get one embedding per example. "
+                "Received: token=None"
             )
-        ref = self.reference
-        if ref.shape[-1] != d or (ref.ndim == 2 and ref.shape[0] != n):
+        want = 2 if self.token is None else 3
+        if len(output_shape) != want:
             raise TargetError(
-                f"Expected a reference shaped ({d},) or ({n}, {d}) to match the output. "
+                ("A similarity target needs an embedding output shaped (batch, dim)" if want == 2 else
+                 f"token={self.token!r} needs a token output shaped (batch, tokens, dim); use token=None for "
+                 "(batch, dim) embeddings") + f". Received: output shape {output_shape}"
+            )
+        if isinstance(self.token, int) and output_shape[1] is not None and \
+                not -output_shape[1] <= self.token < output_shape[1]:
+            raise TargetError(
+                f"Expected a token index in [-{output_shape[1]}, {output_shape[1]}) for an output with "
+                f"{output_shape[1]} tokens. Received: token={self.token}"
+            )
+        d = output_shape[-1]
+        ref = self.reference
+        if (d is not None and ref.shape[-1] != d) or (ref.ndim == 2 and ref.shape[0] != n):
+            raise TargetError(
+                f"Expected a reference of width {d} (the output's embedding size), shaped ({d},) or ({n}, {d}). "
                 f"Received: reference with shape {ref.shape}"
             )
 
@@ -467,11 +521,323 @@ class SimilarityTarget(Target):
         ref = self.reference
         return (np.ascontiguousarray(np.broadcast_to(ref, (n, ref.shape[-1])) if ref.ndim == 1 else ref),)
 
+    def embedding(self, outputs: tf.Tensor) -> tf.Tensor:
+        """The ``(N, D)`` embedding the score compares: the output, or its tokens reduced by ``token``."""
+        if self.token is None:
+            return outputs
+        if self.token == "mean":
+            return tf.reduce_mean(outputs, axis=1)
+        return outputs[:, 0 if self.token == "cls" else self.token, :]
+
     def score(self, outputs, *arrays):
-        ref = tf.cast(arrays[0], outputs.dtype)
-        num = tf.reduce_sum(outputs * ref, axis=-1)
-        den = tf.norm(outputs, axis=-1) * tf.norm(ref, axis=-1)
+        e = self.embedding(outputs)
+        ref = tf.cast(arrays[0], e.dtype)
+        num = tf.reduce_sum(e * ref, axis=-1)
+        den = tf.norm(e, axis=-1) * tf.norm(ref, axis=-1)
         return tf.math.divide_no_nan(num, den)
+
+
+_MATCH = ("score", "iou")
+_ACTIVATIONS = (None, "sigmoid", "softmax")
+
+
+class DetectionTarget(Target):
+    """A detected object: the class score and overlap of the predictions that match a box.
+
+    Explains "this detected box" on a detector's raw, differentiable outputs before non-max
+    suppression (anchors, queries). An *adapter* (``tfcam.detection``) turns the model's
+    outputs into predicted boxes ``(N, P, 4)`` (pixels, ``xyxy``) and class scores
+    ``(N, P, C)``; then, per example, for every reference box ``r`` with label ``c``::
+
+        score += max over predictions p with IoU(box_p, r) >= iou_threshold of
+                 (class_score_p[c] + IoU(box_p, r))          (0 when no prediction matches)
+
+    summed over the reference boxes: the semantics of pytorch-grad-cam's
+    ``FasterRCNNBoxScoreTarget`` (class score plus IoU of the matching detection, summed over
+    boxes, 0 without a match), on pre-NMS predictions. Because dense heads have many
+    overlapping predictions, the matching prediction is by default the one with the highest
+    ``class score + IoU`` (the one NMS would keep); ``match="iou"`` follows pytorch-grad-cam
+    literally: the prediction with the highest IoU, counted only when its top class is ``c``.
+    Gradients reach the class scores and, through the decoded boxes, the IoU.
+
+    The class scores are the adapter's, i.e. the model's logits for KerasHub's RetinaNet and
+    D-FINE (tfcam's pre-activation convention); ``activation="sigmoid"`` or ``"softmax"``
+    scores probabilities instead (pytorch-grad-cam scores torchvision's probabilities).
+
+    The Explainer passes this target every output of the model (``needs_all_outputs``), so
+    build it with ``output=None``. ``DetectionTarget.top()`` explains each image's top
+    detection: the prediction with the highest class score, with its own decoded box as the
+    reference (``targets=None`` on a KerasHub RetinaNet or D-FINE detector does this).
+
+    Args:
+        boxes: reference boxes in pixels, in ``box_format``: ``(4,)`` one box or ``(M, 4)``
+            boxes for every example, ``(N, M, 4)`` per example, or a list of ``N`` arrays
+            ``(M_i, 4)`` (examples may have different numbers of boxes, even none).
+        labels: the class of each box: an int for every box, ``M`` ints, or per example
+            ``(N, M)`` / a list of ``N`` sequences mirroring ``boxes``.
+        adapter: a ``tfcam.detection`` adapter or a callable ``outputs -> (boxes, scores)``;
+            None uses the adapter of the Explainer's KerasHub detector
+            (``tfcam.detection.adapter_for``).
+        iou_threshold: the IoU a prediction needs to match a reference box, in ``(0, 1]``.
+        box_format: the reference boxes' format (``tfcam.detection.BOX_FORMATS``).
+        match: ``"score"`` (default) or ``"iou"`` (see above).
+        activation: None (scores as the adapter gives them), ``"sigmoid"`` or ``"softmax"``.
+
+    Raises:
+        TargetError: boxes not shaped ``(..., 4)``, not finite, or empty or inverted in
+            ``box_format`` (a format mismatch); labels that do not mirror the boxes; a bad
+            threshold, match or activation. At validation: labels outside the detector's
+            classes, boxes outside the image or in relative coordinates, or a per-example
+            count that is not the number of images.
+
+    Example:
+
+    >>> adapter = tfcam.detection.RetinaNetAdapter.from_model(detector)
+    >>> target = DetectionTarget([[8, 8, 40, 48]], labels=[1], adapter=adapter)
+    >>> maps = tfcam.Explainer(detector, layer="...")(images, targets=target)
+    """
+
+    needs_all_outputs = True
+
+    def __init__(
+        self,
+        boxes: Any = None,
+        labels: Any = None,
+        *,
+        adapter: DetectionAdapter | Callable | None = None,
+        iou_threshold: float = 0.5,
+        box_format: str = "xyxy",
+        match: str = "score",
+        activation: str | None = None,
+    ):
+        if box_format not in BOX_FORMATS:
+            raise TargetError(f"Expected box_format to be one of {BOX_FORMATS}. Received: box_format={box_format!r}")
+        if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float, np.floating)) or \
+                not 0.0 < float(iou_threshold) <= 1.0:
+            raise TargetError(f"Expected iou_threshold in (0, 1]. Received: iou_threshold={iou_threshold!r}")
+        if match not in _MATCH:
+            raise TargetError(f"Expected match to be one of {_MATCH}. Received: match={match!r}")
+        if activation not in _ACTIVATIONS:
+            raise TargetError(f"Expected activation to be one of {_ACTIVATIONS}. Received: activation={activation!r}")
+        self.adapter = None if adapter is None else as_adapter(adapter)
+        self.iou_threshold = float(iou_threshold)
+        self.box_format = box_format
+        self.match = match
+        self.activation = activation
+        self.top_detection = boxes is None
+        if boxes is None:
+            if labels is not None:
+                raise TargetError("DetectionTarget.top() (boxes=None) takes the top detection's own class. "
+                                  f"Received: labels={labels!r}")
+            self._boxes = self._labels = None
+            return
+        if labels is None:
+            raise TargetError("Expected labels: one class per reference box (or an int for all). Received: labels=None")
+        self._boxes, self._labels = _parse_detections(boxes, labels, box_format)
+
+    @classmethod
+    def top(cls, adapter: DetectionAdapter | Callable | None = None, **kwargs: Any) -> DetectionTarget:
+        """Each image's top detection: the prediction with the highest class score, and its own box.
+
+        Inside the compiled step, per image, the prediction ``p`` and class ``c`` with the
+        highest score are found (not differentiated) and ``p``'s decoded box becomes the
+        reference box with label ``c``; the score is then as for given boxes (at least
+        ``score_p[c] + 1``, the prediction matching itself).
+
+        Args:
+            adapter: as for the constructor (None: the Explainer's KerasHub detector's).
+            **kwargs: ``iou_threshold``, ``match``, ``activation``.
+
+        Returns:
+            A `DetectionTarget` without reference boxes.
+        """
+        return cls(None, None, adapter=adapter, **kwargs)
+
+    def with_adapter(self, adapter: DetectionAdapter | Callable) -> DetectionTarget:
+        """A copy of this target that decodes outputs with ``adapter``."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.adapter = as_adapter(adapter)
+        return new
+
+    @property
+    def trace_key(self) -> Any:
+        adapter = None if self.adapter is None else self.adapter.trace_key
+        return ("DetectionTarget", self.top_detection, adapter, self.iou_threshold, self.match, self.activation)
+
+    def _adapter(self) -> DetectionAdapter:
+        if self.adapter is None:
+            raise TargetError(
+                "DetectionTarget needs an adapter (tfcam.detection.RetinaNetAdapter, DFineAdapter or a callable "
+                "outputs -> (boxes, scores)) unless the Explainer's model is a KerasHub RetinaNet or D-FINE "
+                "detector. Received: adapter=None")
+        return self.adapter
+
+    def _per_example(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        boxes, labels = self._boxes, self._labels
+        if isinstance(boxes, np.ndarray):  # shared by every example
+            return [boxes] * n, [labels] * n
+        if len(boxes) != n:
+            raise TargetError(
+                f"Expected reference boxes for each of the {n} images (a list of {n} arrays (M_i, 4), or "
+                f"(M, 4) boxes shared by all). Received: boxes for {len(boxes)} images")
+        return boxes, labels
+
+    def validate(self, output_shape: Any, n: int) -> None:
+        adapter = self._adapter()
+        k = adapter.validate(output_shape)
+        if self.top_detection:
+            return
+        boxes, labels = self._per_example(n)
+        if k is not None:
+            for lab in labels:
+                bad = lab[(lab < 0) | (lab >= k)]
+                if bad.size:
+                    raise TargetError(
+                        f"Expected labels in [0, {k}) for a detector with {k} classes. "
+                        f"Received: labels containing {bad[:5].tolist()}")
+        hw = adapter.image_shape
+        if hw is not None:
+            h, w = hw
+            for b in boxes:
+                if not b.size:
+                    continue
+                if max(h, w) > 2 and np.abs(b).max() <= 1.0:
+                    raise TargetError(
+                        f"Expected reference boxes in pixels of the {h}x{w} input; these look relative "
+                        f"(every coordinate <= 1): scale them by the image size. Received: boxes={b.tolist()}")
+                outside = (b[:, 2] <= 0) | (b[:, 3] <= 0) | (b[:, 0] >= w) | (b[:, 1] >= h)
+                if outside.any():
+                    raise TargetError(
+                        f"Expected reference boxes that overlap the {h}x{w} input (xyxy after conversion from "
+                        f"{self.box_format!r}); check box_format. Received: boxes={b[outside][:3].tolist()} (as xyxy)")
+
+    def arrays(self, n: int) -> tuple[np.ndarray, ...]:
+        if self.top_detection:
+            return ()
+        boxes, labels = self._per_example(n)
+        m = max(1, max(len(b) for b in boxes))
+        ref = np.zeros((n, m, 4), np.float32)
+        lab = np.zeros((n, m), np.int32)
+        valid = np.zeros((n, m), np.float32)
+        for i, (b, c) in enumerate(zip(boxes, labels)):
+            ref[i, :len(b)], lab[i, :len(b)], valid[i, :len(b)] = b, c, 1.0
+        return ref, lab, valid
+
+    def class_scores(self, outputs: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        """The adapter's ``(boxes (N, P, 4), class scores (N, P, C))``, after ``activation``."""
+        boxes, scores = self._adapter()(outputs)
+        if self.activation == "sigmoid":
+            scores = tf.sigmoid(scores)
+        elif self.activation == "softmax":
+            scores = tf.nn.softmax(scores, axis=-1)
+        return boxes, scores
+
+    def references(self, outputs: Any, *arrays: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``(boxes (N, M, 4) xyxy, labels (N, M), valid (N, M))`` the score matches against.
+
+        The given boxes (padded, ``valid`` marking real ones), or for ``top()`` each image's
+        top detection (its box and class, not differentiated).
+        """
+        if not self.top_detection:
+            return tf.cast(arrays[0], tf.float32), tf.cast(arrays[1], tf.int32), tf.cast(arrays[2], tf.float32)
+        boxes, scores = self.class_scores(outputs)
+        c = tf.shape(scores)[-1]
+        flat = tf.reshape(scores, [tf.shape(scores)[0], -1])
+        k = tf.argmax(flat, axis=-1, output_type=tf.int32)
+        best = tf.stop_gradient(tf.gather(boxes, k // c, axis=1, batch_dims=1))
+        return best[:, None, :], (k % c)[:, None], tf.ones_like(best[:, :1])
+
+    def score(self, outputs, *arrays):
+        boxes, scores = self.class_scores(outputs)  # (N, P, 4), (N, P, C)
+        ref, lab, valid = self.references(outputs, *arrays)  # (N, M, 4), (N, M), (N, M)
+        iou = box_iou(ref[:, :, None, :], boxes[:, None, :, :])  # (N, M, P)
+        s = tf.gather(tf.transpose(scores, [0, 2, 1]), lab, axis=1, batch_dims=1)  # (N, M, P): score of label
+        if self.match == "score":
+            ok = iou >= self.iou_threshold
+            val = s + iou
+            best = tf.reduce_max(tf.where(ok, val, tf.fill(tf.shape(val), tf.constant(-1e30, val.dtype))), axis=-1)
+            hit = tf.reduce_any(ok, axis=-1)
+        else:
+            idx = tf.argmax(iou, axis=-1, output_type=tf.int32)  # (N, M)
+            best_iou = tf.gather(iou, idx, axis=2, batch_dims=2)
+            top_cls = tf.gather(tf.argmax(scores, axis=-1, output_type=tf.int32), idx, axis=1, batch_dims=1)
+            best = best_iou + tf.gather(s, idx, axis=2, batch_dims=2)
+            hit = (best_iou >= self.iou_threshold) & (top_cls == lab)
+        return tf.reduce_sum(tf.where(hit, best, tf.zeros_like(best)) * valid, axis=-1)
+
+    def __call__(self, outputs: Any) -> tf.Tensor:
+        n = int(self._adapter()(outputs)[0].shape[0])
+        return self.score(outputs, *(tf.convert_to_tensor(a) for a in self.arrays(n)))
+
+
+def _box_array(value: Any, box_format: str, what: str) -> np.ndarray:
+    """``(M, 4)`` finite xyxy float32 boxes from ``(4,)``/``(M, 4)`` boxes of ``box_format``."""
+    try:
+        b = np.asarray(value, np.float32)
+    except (TypeError, ValueError) as err:
+        raise TargetError(f"Expected numeric boxes shaped (M, 4). Received: {what}={value!r}") from err
+    if b.ndim == 1 and b.shape[0] == 4:
+        b = b[None]
+    if b.size == 0:
+        return np.zeros((0, 4), np.float32)
+    if b.ndim != 2 or b.shape[-1] != 4 or not np.all(np.isfinite(b)):
+        raise TargetError(f"Expected finite boxes shaped (M, 4) in {box_format!r} format. "
+                          f"Received: {what} with shape {b.shape}")
+    xyxy = to_xyxy(b, box_format).astype(np.float32)
+    bad = (xyxy[:, 2] <= xyxy[:, 0]) | (xyxy[:, 3] <= xyxy[:, 1])
+    if bad.any():
+        raise TargetError(
+            f"Expected non-empty boxes in {box_format!r} format ({_FORMAT_HINT[box_format]}); these are empty "
+            f"or inverted, so the format may not match. Received: {what}={b[bad][:3].tolist()}")
+    return xyxy
+
+
+_FORMAT_HINT = {
+    "xyxy": "x0, y0, x1, y1 with x1 > x0 and y1 > y0",
+    "yxyx": "y0, x0, y1, x1 with y1 > y0 and x1 > x0",
+    "xywh": "x0, y0, width, height with positive sizes",
+    "center_xywh": "cx, cy, width, height with positive sizes",
+    "center_yxhw": "cy, cx, height, width with positive sizes",
+}
+
+
+def _label_array(value: Any, m: int, what: str) -> np.ndarray:
+    lab = np.asarray(value)
+    if lab.dtype.kind == "f" and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
+        lab = lab.astype(np.int64)
+    if lab.dtype.kind not in "iu" or lab.ndim > 1:
+        raise TargetError(f"Expected integer labels, one per box (or an int for all). Received: {what}={value!r}")
+    if lab.ndim == 0:
+        return np.full((m,), int(lab), np.int32)
+    if lab.shape[0] != m:
+        raise TargetError(f"Expected {m} labels, one per reference box. Received: {what} with {lab.shape[0]} labels")
+    return lab.astype(np.int32)
+
+
+def _parse_detections(boxes: Any, labels: Any, box_format: str) -> tuple[Any, Any]:
+    """Shared ``(M, 4)``/``(M,)`` arrays, or per-example lists of them."""
+    arr = None
+    if not isinstance(boxes, (list, tuple)) or (boxes and not isinstance(boxes[0], (list, tuple, np.ndarray))):
+        arr = np.asarray(boxes, np.float32) if not isinstance(boxes, tf.Tensor) else boxes.numpy()
+    elif all(np.ndim(b) == 1 for b in boxes):  # a list of 4-number boxes
+        arr = np.asarray(boxes, np.float32)
+    if arr is not None and arr.ndim <= 2:
+        b = _box_array(arr, box_format, "boxes")
+        return b, _label_array(labels, len(b), "labels")
+    per_box = list(arr) if arr is not None and arr.ndim == 3 else list(boxes)
+    lab_in = labels
+    try:
+        lab_rank = np.ndim(lab_in)
+    except ValueError:  # a ragged list of per-example labels
+        lab_rank = 2
+    if lab_rank == 0 or (lab_rank == 1 and not isinstance(lab_in[0], (list, tuple, np.ndarray))):
+        lab_in = [lab_in] * len(per_box)
+    if len(lab_in) != len(per_box):
+        raise TargetError(f"Expected labels for each of the {len(per_box)} images, mirroring boxes. "
+                          f"Received: labels for {len(lab_in)} images")
+    bs = [_box_array(b, box_format, f"boxes[{i}]") for i, b in enumerate(per_box)]
+    return bs, [_label_array(c, len(b), f"labels[{i}]") for i, (b, c) in enumerate(zip(bs, lab_in))]
 
 
 class ReconstructionTarget(Target):
