@@ -185,9 +185,10 @@ def _npz_member(path: str, key: str) -> np.ndarray:
             start = header_offset + 30 + name_len + extra_len
             f.seek(start)
             version = np.lib.format.read_magic(f)
-            shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
             data_start = f.tell()
-        if not fortran and dtype.hasobject is False:
+        if not fortran and not dtype.hasobject:
             return np.memmap(path, dtype=dtype, mode="r", offset=data_start, shape=shape)
     with np.load(path) as data:
         return data[key]
