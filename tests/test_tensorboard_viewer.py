@@ -52,12 +52,11 @@ def entry_point_installed():
 def logdir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("logs")
     rng = np.random.default_rng(0)
-    x = rng.uniform(size=(32, 16, 16, 3)).astype(np.float32)
-    y = (np.arange(32) % 4).astype(np.int32)
-    model = small_cnn()
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
-    cb = HeatmapCallback((x[:8], y[:8]), methods=("gradcam", "layercam"), log_dir=str(tmp / "run1"),
-                         class_names=["a", "b", "c", "d"])
+    x, y, masks = tfcam.datasets.shapes(96, image_size=48, seed=0)
+    model = small_cnn(input_shape=(48, 48, 3))
+    model.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy")
+    cb = HeatmapCallback((x[:8], y[:8]), methods=("gradcam", "gradcam++", "layercam"), log_dir=str(tmp / "run1"),
+                         class_names=list(tfcam.datasets.SHAPE_NAMES), masks=masks[:8])
     model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[cb])
     assert cb.failures == []
     # custom loops: 1-D signals and 3-D volumes
@@ -141,7 +140,7 @@ def test_runs_route_lists_events_and_shards_with_warnings(server):
     by_run = {r["run"]: r for r in runs["runs"]}
     assert set(by_run) == {RUN, "signals", "val_cams", "broken_cams"}
     s = by_run[RUN]["sets"][0]
-    assert s["steps"] == [0, 1, 2] and s["n"] == 8 and s["class_names"] == ["a", "b", "c", "d"]
+    assert s["steps"] == [0, 1, 2] and s["n"] == 8 and s["class_names"] == list(tfcam.datasets.SHAPE_NAMES)
     assert {x["set"]: x["map_shape"] for x in by_run["signals"]["sets"]} == {"sig": [40], "vol": [4, 8, 8]}
     assert by_run["val_cams"]["kind"] == "shards" and by_run["val_cams"]["sets"][0]["n"] == 40
     assert by_run["broken_cams"]["sets"][0]["n"] == 24  # shard 1 (16 examples) skipped
@@ -164,7 +163,7 @@ def test_samples_sample_history_and_image_routes(server):
     status, hist, _ = get(server, "history", run=RUN, set="samples", index=2, key="gradcam/c2")
     assert status == 200 and [h["step"] for h in hist["steps"]] == [0, 1, 2]
     status, png, ctype = get(server, "image", run=RUN, set="samples", step=1, index=2)
-    assert status == 200 and ctype == "image/png" and tf.io.decode_png(png).shape == (16, 16, 3)
+    assert status == 200 and ctype == "image/png" and tf.io.decode_png(png).shape == (48, 48, 3)
 
 
 def page_root(server):
@@ -227,7 +226,7 @@ def exercise_viewer(b, doc, expected_cards, misclassified):
     b.wait_for(f"{q('#tfcam-main')}.dataset.step === '0'")
     assert b.eval(f"{q('#tfcam-step-label')}.textContent").startswith("0 (1/3)")
     assert b.eval(f"{doc}.querySelectorAll('#tfcam-strip .tfcam-tile').length") == 3
-    assert b.eval(f"{doc}.querySelectorAll('#tfcam-methods .tfcam-tile').length") == 2
+    assert b.eval(f"{doc}.querySelectorAll('#tfcam-methods .tfcam-tile').length") == 3
     b.eval(f"(() => {{ const s = {q('#tfcam-filter')}; s.value = 'misclassified'; "
            "s.dispatchEvent(new Event('change')); })()")
     b.wait_for(f"{doc}.querySelectorAll('#tfcam-samples .tfcam-card').length === {len(misclassified)} || "
@@ -251,8 +250,9 @@ def test_tab_in_tensorboard(server, browser, tmp_path):
     b = browser
     b.goto(server + "/#tfcam")
     exercise_viewer(b, FRAME, 8, _misclassified(server))
-    # restore the last epoch and take the README's screenshot
-    b.eval(f"(() => {{ const s = {FRAME}.querySelector('#tfcam-step'); s.value = '2'; "
+    # restore the last epoch and opacity 0.5, and take the README's screenshot
+    b.eval(f"(() => {{ const d = {FRAME}; const o = d.querySelector('#tfcam-opacity'); o.value = '0.5'; "
+           "o.dispatchEvent(new Event('input')); const s = d.querySelector('#tfcam-step'); s.value = '2'; "
            "s.dispatchEvent(new Event('input')); })()")
     b.wait_for(f"{FRAME}.querySelector('#tfcam-main').dataset.step === '2'")
     time.sleep(0.3)
