@@ -8,6 +8,7 @@ network. Big runs are capped: at most ``max_samples`` samples per sample set and
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -54,6 +55,7 @@ def report_bundle(path: str | os.PathLike, max_samples: int = 500, max_steps: in
     runs = store.runs()
     tables: dict[str, list] = {}
     samples: dict[str, dict] = {}
+    images: dict[str, str] = {}  # an image repeats at every step: stored once, referenced as "@<hash>"
     notes = []
     for r in runs["runs"]:
         for s in r["sets"]:
@@ -70,7 +72,13 @@ def report_bundle(path: str | os.PathLike, max_samples: int = 500, max_steps: in
                 tables[_SEP.join([r["run"], s["set"], str(step)])] = rows
                 for row in rows:
                     key = _SEP.join([r["run"], s["set"], str(step), str(row["index"])])
-                    samples[key] = store.sample(r["run"], s["set"], step, row["index"])
+                    sample = store.sample(r["run"], s["set"], step, row["index"])
+                    for field in ("image", "mask"):
+                        if sample.get(field):
+                            h = hashlib.sha1(sample[field].encode()).hexdigest()[:16]
+                            images[h] = sample[field]
+                            sample[field] = "@" + h
+                    samples[key] = sample
             s["steps"] = steps
             s["n"] = keep
             if keep < n or len(steps) < len(all_steps):
@@ -78,7 +86,8 @@ def report_bundle(path: str | os.PathLike, max_samples: int = 500, max_steps: in
                              f"{len(steps)} of {len(all_steps)} steps")
     note = ("This report is capped: " + "; ".join(notes) + f" (limits: {max_samples} samples, {max_steps} steps; "
             "change them with --max-samples / --max-steps).") if notes else ""
-    bundle = {"runs": runs, "tables": tables, "samples": samples, "colormaps": json.loads(colormaps_json())}
+    bundle = {"runs": runs, "tables": tables, "samples": samples, "images": images,
+              "colormaps": json.loads(colormaps_json())}
     return bundle, note
 
 

@@ -87,6 +87,7 @@ function sortRows(rows, q) {
 
 export function staticSource(bundle) {
   const K = (...a) => a.join("\u0001");
+  const deref = (v) => (typeof v === "string" && v[0] === "@" ? (bundle.images || {})[v.slice(1)] : v);
   const get = async (route, p = {}) => {
     if (route === "runs") return bundle.runs;
     if (route === "colormaps") return bundle.colormaps;
@@ -100,7 +101,7 @@ export function staticSource(bundle) {
     if (route === "sample") {
       const s = bundle.samples[K(p.run, p.set, p.step, p.index)];
       if (!s) throw new Error(`sample ${p.index} at step ${p.step} is not in this report`);
-      return s;
+      return { ...s, image: deref(s.image), mask: deref(s.mask) };
     }
     if (route === "history") {
       const run = bundle.runs.runs.find((r) => r.run === p.run);
@@ -120,7 +121,7 @@ export function staticSource(bundle) {
     get,
     thumb: (run, set, step, index) => {
       const s = bundle.samples[K(run, set, step, index)];
-      return s ? s.image : null;
+      return s ? deref(s.image) : null;
     },
   };
 }
