@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tfcam-installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test lint demo bench docs clean
+.PHONY: install test lint demo bench docs clean browser
 
 # Reinstall only when the package metadata changes (the install is editable). The docs extra is part of the
 # test install: the suite builds the site with --strict (tests/test_docs.py).
@@ -22,6 +22,13 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# Headless Chromium (Debian's package) for the viewer's browser tests (tests/test_tensorboard_viewer.py) and
+# benchmarks/browser_first_paint.py; they skip, saying so, when it is missing. apt-get needs root.
+browser:
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ if [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
+		  else sudo -n apt-get install -y chromium; fi; }
 
 demo: $(STAMP)
 	$(VENV)/bin/tfcam demo --out runs/demo

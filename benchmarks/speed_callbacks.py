@@ -5,6 +5,9 @@ A representative small CNN (tfcam.demo's: 4 conv layers, GAP, softmax head) trai
 and the grid of 8 sample images to TensorBoard every epoch. Both variants are measured in
 the same run, each from a fresh model (so both pay their own tracing), alternating which
 goes first; the ratio reported is the median of the per-pair ratios. Target: <= 1.05.
+Three variants: no callback, the callback with the TensorBoard viewer's records (``viewer=True``,
+the default: images, uint8 maps, predictions for the "tfcam" tab) and the callback with the
+Images-tab overlays only (``viewer=False``), so the viewer's own cost is shown too.
 On a shared machine the pair ratios swing by more than the callback costs, so the time
 spent inside the callback's hooks is measured too (1 + hook time / fit time).
 
@@ -54,12 +57,13 @@ def rows(quick: bool = False) -> list[dict]:
     x, y, _ = tfcam.datasets.shapes(n, 64, seed=0)
     xs, _, ms = tfcam.datasets.shapes(8, 64, seed=1)
 
-    def fit(with_cb: bool, log_dir: str) -> tuple[float, float, float]:
+    def fit(mode: str, log_dir: str) -> tuple[float, float, float]:
         model = build_demo_model(64, 4, seed=0)
         callbacks, timer = [], None
-        if with_cb:
+        if mode != "none":
             cb = tfcam.callbacks.HeatmapCallback(xs, methods=("gradcam",), layer="last_conv", log_dir=log_dir,
-                                                 masks=ms)
+                                                 masks=ms, viewer=mode == "viewer",
+                                                 class_names=tfcam.datasets.SHAPE_NAMES)
             timer = _Timer(cb)
             cb.on_train_begin, cb.on_epoch_end, cb.on_train_end = (timer.on_train_begin, timer.on_epoch_end,
                                                                    timer.on_train_end)
@@ -72,24 +76,31 @@ def rows(quick: bool = False) -> list[dict]:
         return total, (timer.seconds if timer else 0.0), cpu
 
     with tempfile.TemporaryDirectory() as tmp:
-        fit(False, tmp)  # warm-up: TF/Keras start-up costs out of the comparison
+        fit("none", tmp)  # warm-up: TF/Keras start-up costs out of the comparison
         without, with_, ratios, hook, cpu_ratios = [], [], [], [], []
+        plain, plain_hook = [], []
+        modes = ["none", "viewer", "overlays"]
         for i in range(pairs):
-            order = (False, True) if i % 2 == 0 else (True, False)
+            order = modes[i % 3:] + modes[:i % 3]
             got = {}
-            for flag in order:
-                got[flag] = fit(flag, os.path.join(tmp, f"run{i}"))
-            without.append(got[False][0])
-            with_.append(got[True][0])
-            hook.append(got[True][1])
-            ratios.append(got[True][0] / got[False][0])
-            cpu_ratios.append(got[True][2] / got[False][2])
+            for mode in order:
+                got[mode] = fit(mode, os.path.join(tmp, f"run{i}-{mode}"))
+            without.append(got["none"][0])
+            with_.append(got["viewer"][0])
+            hook.append(got["viewer"][1])
+            plain.append(got["overlays"][0])
+            plain_hook.append(got["overlays"][1])
+            ratios.append(got["viewer"][0] / got["none"][0])
+            cpu_ratios.append(got["viewer"][2] / got["none"][2])
         keras.backend.clear_session()
     detail = f"{n} images 64x64, {epochs} epochs, batch 64, {pairs} alternating pair(s)"
     return [
         row("fit without callback (s)", statistics.median(without), "", detail),
-        row("fit with HeatmapCallback, 8 images/epoch (s)", statistics.median(with_), "",
-            "gradcam + grid + change + energy_in_mask scalars"),
+        row("fit with HeatmapCallback, 8 images/epoch, viewer records (s)", statistics.median(with_), "",
+            "gradcam + grid + change + energy_in_mask scalars + the tfcam tab's records"),
+        row("fit with HeatmapCallback(viewer=False) (s)", statistics.median(plain), "", "Images-tab overlays only"),
+        row("hook time: viewer=True - viewer=False (s)", statistics.median(hook) - statistics.median(plain_hook), "",
+            f"the viewer's records over {epochs} epochs"),
         row("time in the callback's hooks (s)", statistics.median(hook), "",
             "explainer build + dry run + every epoch's maps, PNGs and writes"),
         row("with / without (median of pairs)", statistics.median(ratios), "<= 1.05",

@@ -36,6 +36,8 @@ PUBLIC_MODULES = [
     "tfcam.methods.attention",
     "tfcam.attribution",
     "tfcam.callbacks",
+    "tfcam.summary",
+    "tfcam.tensorboard",
     "tfcam.dataset",
     "tfcam.metrics",
     "tfcam.outputs",
@@ -61,6 +63,8 @@ INTERNAL_MODULES = {
     "tfcam.cli": "the command line, documented in docs/cli.md",
     "tfcam.methods.registry": "its public names are exported and documented by tfcam.methods",
     **{f"tfcam.callbacks.{m}": "exported by tfcam.callbacks" for m in ("base", "heatmap", "outputs")},
+    **{f"tfcam.tensorboard.{m}": "the viewer's internals; its public names are exported by tfcam.tensorboard"
+       for m in ("loader", "plugin", "report", "serve")},
     **{f"tfcam.dataset.{m}": "exported by tfcam.dataset"
        for m in ("distribute", "inputs", "shards", "stream", "writers")},
     **{f"tfcam.metrics.{m}": "exported by tfcam.metrics"

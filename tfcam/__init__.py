@@ -63,7 +63,21 @@ import keras as _keras  # noqa: E402
 if _keras.backend.backend() != "tensorflow":  # keras was imported earlier with another backend
     raise _backend_error(_keras.backend.backend())
 
-from tfcam import callbacks, dataset, datasets, demo, detection, io, matrix, methods, metrics, outputs, targets, viz  # noqa: E402
+from tfcam import (  # noqa: E402,E501
+    callbacks,
+    dataset,
+    datasets,
+    demo,
+    detection,
+    io,
+    matrix,
+    methods,
+    metrics,
+    outputs,
+    summary,
+    targets,
+    viz,
+)
 from tfcam.attribution import Attributions, attribute  # noqa: E402
 from tfcam.dataset import ExplanationShards, MemoryWriter, ShardWriter, Writer, explain_dataset  # noqa: E402
 from tfcam.dff import DeepFeatureFactorization, deep_feature_factorization  # noqa: E402
@@ -112,6 +126,7 @@ __all__ = [
     "targets",
     "detection",
     "callbacks",
+    "summary",
     "datasets",
     "demo",
     "io",

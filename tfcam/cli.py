@@ -1,4 +1,4 @@
-"""Command line: ``tfcam demo``, ``tfcam explain``, ``tfcam layers``.
+"""Command line: ``tfcam demo``, ``tfcam explain``, ``tfcam layers``, ``tfcam view``, ``tfcam report``.
 
 Errors print one line (``tfcam: error: ...``) to stderr and exit with status 1 (2 for
 command-line usage errors, as argparse does); ``--debug`` shows the traceback instead.
@@ -111,6 +111,30 @@ def _input_size(model, size: tuple[int, int] | None) -> tuple[tuple[int, int], i
 
 
 # ---------------------------------------------------------------------------- commands
+def _cmd_view(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.path):
+        raise CliError(f"not a directory: {args.path!r} (give a TensorBoard log directory or an explain_dataset output)")
+    from tfcam.tensorboard.serve import run_tensorboard
+
+    _say(f"tfcam viewer: open http://{args.host}:{args.port}/#tfcam (Ctrl+C to stop)")
+    run_tensorboard(args.path, host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tfcam.tensorboard.report import write_report
+
+    info = write_report(args.path, args.output, max_samples=args.max_samples, max_steps=args.max_steps)
+    for w in info["warnings"]:
+        _say(f"skipped: {w}")
+    if info["note"]:
+        _say(info["note"])
+    if not info["samples"]:
+        _say(f"no tfcam explanations under {args.path!r}: the report shows how to log some")
+    _say(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, {info['samples']} sample views)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tfcam.demo import run_demo
 
@@ -324,6 +348,25 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--size", type=_parse_size, default=None, metavar="N|HxW",
                         help="input size for keras.applications names")
     layers.set_defaults(func=_cmd_layers)
+
+    view = sub.add_parser("view", parents=[debug], help="open the tfcam viewer in TensorBoard on a logdir or shards",
+                          description="Starts TensorBoard (with the tfcam tab) on a log directory or an "
+                          "explain_dataset output directory, on 127.0.0.1.")
+    view.add_argument("path", metavar="PATH", help="log directory or explain_dataset output")
+    view.add_argument("--port", type=int, default=6006, help="port (default: 6006)")
+    view.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    view.set_defaults(func=_cmd_view)
+
+    report = sub.add_parser("report", parents=[debug], help="write the viewer as one self-contained HTML file",
+                            description="Writes one HTML file (images embedded, no network needed) with the "
+                            "tfcam viewer over a log directory or an explain_dataset output directory.")
+    report.add_argument("path", metavar="PATH", help="log directory or explain_dataset output")
+    report.add_argument("--output", "-o", default="report.html", help="HTML file (default: report.html)")
+    report.add_argument("--max-samples", type=int, default=500,
+                        help="samples per sample set at most; the page says 'showing N of M' (default: 500)")
+    report.add_argument("--max-steps", type=int, default=20,
+                        help="logged steps per sample set at most, evenly spaced (default: 20)")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -133,6 +133,11 @@ class HeatmapCallback(SummaryCallback):
     to Keras's ``train``/``validation``); use the same ``log_dir`` as the TensorBoard
     callback to see both in one TensorBoard.
 
+    With ``viewer=True`` (the default) the same epoch also writes the records of the
+    TensorBoard "tfcam" tab (``tfcam.summary.explanation``, sample set ``"samples"``): the
+    images (once per run), the raw maps quantized to uint8, the explained target, the
+    predicted class and its score, the labels when given, and the masks.
+
     Args:
         images: sample images ``(N, *input_shape)`` (array or tensor), an ``(x, y)`` tuple
             like ``validation_data``, or a ``tf.data.Dataset`` (its first batch is used).
@@ -149,6 +154,8 @@ class HeatmapCallback(SummaryCallback):
         alpha: heatmap opacity in the overlay.
         masks: optional ``(N, H, W)`` masks (bool or {0, 1}) of the samples: logs energy_in_mask.
         log_change: log the map change scalar.
+        class_names: class names indexed by class number, shown by the viewer.
+        viewer: also write the records of the TensorBoard "tfcam" tab (see above).
         score: ``"logit"`` or ``"probability"`` (see ``tfcam.Explainer``).
         batch_size: explainer batch size.
         subdir: the sub-directory of ``log_dir`` written to.
@@ -191,6 +198,8 @@ class HeatmapCallback(SummaryCallback):
         score: str = "logit",
         batch_size: int = 32,
         subdir: str | None = None,
+        class_names: Sequence[str] | None = None,
+        viewer: bool = True,
         **options: Any,
     ):
         super().__init__(log_dir, every_n_epochs=every_n_epochs, image_dir=image_dir, subdir=subdir)
@@ -218,6 +227,11 @@ class HeatmapCallback(SummaryCallback):
         self.score = score
         self.batch_size = batch_size
         self.options = options
+        if class_names is not None and (isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names)):
+            raise InputTypeError(f"Expected class_names as a sequence of strings. Received: class_names={class_names!r}")
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.viewer = bool(viewer)
+        self._viewer_images = False
         self.explainer: Explainer | None = None
         self._x: np.ndarray | None = None
         self._labels: np.ndarray | None = None
@@ -271,6 +285,7 @@ class HeatmapCallback(SummaryCallback):
             )
         self._layer_label = "+".join(self.explainer.layer_names)
         self._previous = {m: self._clean(result[m]) for m in self.methods}
+        self._viewer_images = False
 
     def teardown(self) -> None:
         self.explainer = None
@@ -289,6 +304,7 @@ class HeatmapCallback(SummaryCallback):
 
     def log_epoch(self, epoch: int, logs: dict | None) -> None:
         result = self.explainer.explain(self._x, self._target, self.methods, verbose=0)
+        maps_by_method: dict[str, np.ndarray] = {}
         for m in self.methods:
             maps = self._clean(result[m])
             tag = self.tag(m)
@@ -303,12 +319,47 @@ class HeatmapCallback(SummaryCallback):
                 self.write_scalar(tag + "/change", change, epoch,
                                   description="mean |map - map at the previous logged epoch|")
             self._previous[m] = maps
+            maps_by_method[m] = maps
             if self._masks is not None:
                 mass = maps.reshape(len(maps), -1).sum(axis=1)
                 inside = (maps * self._masks).reshape(len(maps), -1).sum(axis=1)
                 energy = np.divide(inside, mass, out=np.zeros_like(mass), where=mass > 0)
                 self.write_scalar(tag + "/energy_in_mask", float(energy.mean()), epoch,
                                   description="mean fraction of map mass inside the masks")
+        if self.viewer and self.writer is not None:
+            self._write_viewer(epoch, maps_by_method, result)
+
+    def _viewer_targets(self, predictions: np.ndarray) -> np.ndarray | None:
+        t = self._target
+        n = len(self._x)
+        if t is None:
+            p = np.asarray(predictions)
+            return p.argmax(axis=1) if p.ndim == 2 and p.shape[1] > 1 else None
+        if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+            return np.full(n, int(t))
+        if isinstance(t, (list, tuple, np.ndarray)) and np.ndim(t) == 1:
+            return np.asarray(t)
+        return None  # a Target object or a callable: no single class per sample
+
+    def _write_viewer(self, epoch: int, maps: dict[str, np.ndarray], result: Any) -> None:
+        from tfcam.summary import explanation
+
+        labels = None
+        if self._labels is not None:
+            try:
+                labels = _labels_as_indices(self._labels, len(self._x))
+            except TargetError:
+                labels = None  # labels that are not class indices (e.g. segmentation masks)
+        predictions = getattr(result, "predictions", None)
+        with self.writer.as_default(step=int(epoch)):
+            explanation(
+                "samples", None if self._viewer_images else self._images_u8,
+                {f"{m}/{self._layer_label}": v for m, v in maps.items()}, step=int(epoch),
+                targets=None if predictions is None else self._viewer_targets(predictions),
+                predictions=predictions, scores=getattr(result, "scores", None), labels=labels,
+                masks=self._masks, class_names=self.class_names,
+            )
+        self._viewer_images = True
 
 
 class FeatureMapCallback(SummaryCallback):
