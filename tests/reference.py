@@ -117,3 +117,17 @@ def kpcacam(A, G, gamma=None, coef0=1.0):
 
 REFERENCES.update({"gradcam_elementwise": gradcam_elementwise, "segeigencam": segeigencam, "fem": fem,
                    "kpcacam": kpcacam})
+
+
+def applicable(explainer):
+    """Names of the registered methods that do not refuse ``explainer``'s model (e.g. the
+    attention methods refuse a CNN), for tests that run "every method" on one model."""
+    import tfcam
+    from tfcam.methods import get_method
+
+    names = []
+    for name in tfcam.METHODS:
+        method = get_method(name)
+        if method.refuses is None or not method.refuses(explainer.view):
+            names.append(name)
+    return names
