@@ -795,8 +795,11 @@ def _nearest(spec: str, refs: Sequence[LayerRef]) -> tuple[str, list[LayerRef]]:
 def _resolve_one(model: keras.Model, spec: Any, input_index: int) -> LayerRef:
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], (str, keras.layers.Layer)) \
             and isinstance(spec[1], (int, np.integer)) and not isinstance(spec[1], bool):
-        base = _resolve_one(model, spec[0], input_index)
-        return _select(model, base, base.call, int(spec[1]), f"{base.path}[{int(spec[1])}]", input_index)
+        name = spec[0]
+        if isinstance(name, keras.layers.Layer):
+            found = [r.path for r in reachable_layers(model) if r.layer is name]
+            name = found[0] if found else name.name
+        return _resolve_one(model, f"{name}[{int(spec[1])}]", input_index)
     all_refs = reachable_layers(model)
     if isinstance(spec, keras.layers.Layer):
         for ref in all_refs:
