@@ -101,5 +101,7 @@ BUILDERS = {"vit": vit, "deit": deit, "dinov2": dinov2, "swin": swin, "mit": mit
 
 
 def build(name: str) -> keras.Model:
+    """A fresh model; ``clear_session`` first so that auto-generated layer names do not depend on test order."""
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     return BUILDERS[name]()
