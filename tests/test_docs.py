@@ -54,6 +54,7 @@ PUBLIC_MODULES = [
 # Modules without a page of their own, and why. A new module must be added to one of the two lists.
 INTERNAL_MODULES = {
     "tfcam._tracing": "private",
+    "tfcam._hooks": "private: the thread-local Layer.__call__ hook behind tfcam.graph",
     "tfcam.validation": "internal argument checks",
     "tfcam.cli": "the command line, documented in docs/cli.md",
     "tfcam.methods.registry": "its public names are exported and documented by tfcam.methods",
