@@ -467,7 +467,8 @@ def spatial_layers(model: keras.Model, input_index: int = 0, rank: int | None = 
     in_rank = _input_rank(model, input_index)
     rank = in_rank if rank is None else int(rank)
     multi = len(model.inputs) > 1
-    image = [PROBE_SIZE if d is None else int(d) for d in model.inputs[input_index].shape[1:-1]]
+    dims = [PROBE_SIZE if d is None else int(d) for d in model.inputs[input_index].shape[1:]]
+    image = dims[1:] if _first_data_format(model) == "channels_first" else dims[:-1]
     found = []
     for order, ref in _shaped_refs(model):
         if rank < 3 or any(s is None or len(s) != rank for s in ref.shapes):
@@ -479,6 +480,15 @@ def spatial_layers(model: keras.Model, input_index: int = 0, rank: int | None = 
         found.append((order, ref))
     found.sort(key=lambda item: item[0])
     return [ref for _, ref in found[::-1]]
+
+
+def _first_data_format(model: keras.Model) -> str:
+    """The ``data_format`` of the model's first layer that has one (the input's layout)."""
+    for ref in iter_layers(model):
+        fmt = getattr(ref.layer, "data_format", None)
+        if fmt in ("channels_last", "channels_first"):
+            return fmt
+    return "channels_last"
 
 
 def _grid_like(shape: tuple, image: Sequence[int]) -> bool:
