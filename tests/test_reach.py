@@ -73,14 +73,14 @@ def _conv(x, layer):
     return tf.nn.conv2d(x, layer.kernel, 1, "SAME") + layer.bias
 
 
-def _gradcam_by_hand(model_layers, x, targets, where):
+def _gradcam_by_hand(model_layers, x, targets, where, scale=1.0):
     """Grad-CAM (unnormalized, at the layer's resolution) of the c1 -> block -> gap -> head net,
     computed with tf.nn ops on the layers' weights; ``where``: "inner" (pre-relu) or "block"."""
     c1, block, head = model_layers
     x = tf.constant(x)
     with tf.GradientTape() as tape:
         a = tf.nn.relu(_conv(x, c1))
-        inner = _conv(a, block.inner)
+        inner = _conv(a * scale, block.inner)
         tape.watch(inner)
         h = tf.nn.relu(inner)
         out_block = _conv(h, block.outer) + h
@@ -188,6 +188,24 @@ def test_spatial_layers_lists_full_paths_inside_custom_layers():
     assert paths == ["block", "block/outer", "block/inner", "c1"]
     shapes = {r.path: r.shape for r in tfcam.spatial_layers(model)}
     assert shapes["block/inner"] == (None, 12, 12, 6)
+
+
+def test_inside_a_custom_layer_of_a_nested_model_with_dict_inputs_on_intermediate_tensors(x):
+    keras.utils.set_random_seed(8)
+    a_in, b_in = keras.Input((12, 12, 6), name="a"), keras.Input((12, 12, 6), name="b")
+    block = ConvBlock(6, name="block")
+    inner_model = keras.Model({"a": a_in, "b": b_in}, block(L.Add()([a_in, b_in])), name="inner_model")
+    inp = keras.Input((12, 12, 3))
+    h = L.Conv2D(6, 3, padding="same", activation="relu", name="c1")(inp)
+    y = inner_model({"a": h, "b": h})
+    model = keras.Model(inp, L.Dense(4, name="head")(L.GlobalAveragePooling2D()(y)))
+    state = _state(model)
+    ex = tfcam.Explainer(model, "inner_model/block/inner")
+    got = ex(x, TARGETS, resize=False, normalize=False)
+    want = _gradcam_by_hand((model.get_layer("c1"), block, model.get_layer("head")), x, TARGETS, "inner", scale=2.0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert tfcam.Explainer(model).layer_names == ["inner_model/block"]
+    _same_state(model, state)
 
 
 # ----------------------------------------------------------------------------- subclassed models

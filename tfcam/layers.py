@@ -473,13 +473,18 @@ def spatial_layers(model: keras.Model, input_index: int = 0, rank: int | None = 
     for order, ref in _shaped_refs(model):
         if rank < 3 or any(s is None or len(s) != rank for s in ref.shapes):
             continue
-        if rank == in_rank and not all(_grid_like(s, image) for s in ref.shapes):
+        if rank == in_rank and _hidden(ref) and not all(_grid_like(s, image) for s in ref.shapes):
             continue  # e.g. an attention layer's (N, tokens, heads, dim) projection: not a grid of the input
         if multi and input_index not in input_dependencies(model, ref):
             continue
         found.append((order, ref))
     found.sort(key=lambda item: item[0])
     return [ref for _, ref in found[::-1]]
+
+
+def _hidden(ref: LayerRef) -> bool:
+    """Reached inside a custom (graph-less) layer: no graph says what its output is."""
+    return any(not has_graph_model(p) for p in ref.parents)
 
 
 def _first_data_format(model: keras.Model) -> str:
@@ -492,7 +497,8 @@ def _first_data_format(model: keras.Model) -> str:
 
 
 def _grid_like(shape: tuple, image: Sequence[int]) -> bool:
-    """Whether a (channels-last or -first) output's spatial axes scale the input's alike (strides agree)."""
+    """Whether a (channels-last or -first) output's spatial axes scale the input's roughly alike
+    (strides agree within 3x; checked for layers inside custom layers only)."""
     if len(image) < 2:
         return True
 
@@ -503,7 +509,7 @@ def _grid_like(shape: tuple, image: Sequence[int]) -> bool:
         if any(s is None for s in spatial):
             return True
         r = ratios(spatial)
-        if len(r) == len(image) and max(r) / min(r) < 1.5:
+        if len(r) == len(image) and max(r) / min(r) < 3.0:
             return True
     return False
 
@@ -1041,7 +1047,7 @@ def tokens_to_grid(tokens: Any, grid: Sequence[int] | None = None, class_token: 
     else:
         h, w = (int(g) for g in grid)
         extra = t - h * w if n_prefix is None else int(n_prefix)
-        if extra < 0 or t - extra != h * w:
+        if extra < 0 or t - extra != h * w or (n_prefix is None and (extra > 8 or 2 * extra >= h * w)):
             raise InputError(
                 f"Cannot arrange {t} tokens as a {h}x{w} grid (plus {extra} prefix tokens). "
                 "Pass reshape=(h, w) or a callable (N, tokens, dim) -> (N, h, w, dim). "
