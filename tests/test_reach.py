@@ -427,3 +427,17 @@ def test_tokens_to_grid_drops_any_prefix_and_explainer_accepts_vit_n_prefix():
     np.testing.assert_allclose(auto, given, atol=1e-6)
     with pytest.raises(tfcam.InputError, match="Cannot arrange 18 tokens"):
         tfcam.Explainer(model, "mix", reshape=("vit", 3))(images, [0, 1])
+
+
+@pytest.mark.parametrize("class_token", [True, False])
+def test_vit_default_without_reshape_is_the_last_attention_input(class_token):
+    from test_beyond import tiny_vit
+
+    model = tiny_vit(class_token)
+    images = np.random.default_rng(2).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+    ex = tfcam.Explainer(model)
+    assert ex.layer_names == ["norm1"] and ex.get_config()["reshape"] == "vit"
+    np.testing.assert_allclose(ex(images, [0, 1]), tfcam.Explainer(model, "norm1", reshape="vit")(images, [0, 1]),
+                               atol=1e-6)
+    twin = tfcam.Explainer(model, **ex.get_config())
+    assert twin.layer_names == ["norm1"]

@@ -473,7 +473,8 @@ def spatial_layers(model: keras.Model, input_index: int = 0, rank: int | None = 
     for order, ref in _shaped_refs(model):
         if rank < 3 or any(s is None or len(s) != rank for s in ref.shapes):
             continue
-        if rank == in_rank and _hidden(ref) and not all(_grid_like(s, image) for s in ref.shapes):
+        if rank == in_rank and _hidden(ref) and not all(
+                _grid_like(s, image, getattr(ref.layer, "data_format", None) == "channels_first") for s in ref.shapes):
             continue  # e.g. an attention layer's (N, tokens, heads, dim) projection: not a grid of the input
         if multi and input_index not in input_dependencies(model, ref):
             continue
@@ -496,22 +497,14 @@ def _first_data_format(model: keras.Model) -> str:
     return "channels_last"
 
 
-def _grid_like(shape: tuple, image: Sequence[int]) -> bool:
-    """Whether a (channels-last or -first) output's spatial axes scale the input's roughly alike
-    (strides agree within 3x; checked for layers inside custom layers only)."""
-    if len(image) < 2:
+def _grid_like(shape: tuple, image: Sequence[int], channels_first: bool = False) -> bool:
+    """Whether an output's spatial axes scale the input's roughly alike (strides agree within
+    3x; checked for layers inside custom layers only)."""
+    spatial = shape[2:] if channels_first else shape[1:-1]
+    if len(image) < 2 or any(s is None for s in spatial):
         return True
-
-    def ratios(spatial):
-        return [i / s for i, s in zip(image, spatial) if s]
-
-    for spatial in (shape[1:-1], shape[2:]):  # channels_last, channels_first
-        if any(s is None for s in spatial):
-            return True
-        r = ratios(spatial)
-        if len(r) == len(image) and max(r) / min(r) < 3.0:
-            return True
-    return False
+    ratios = [i / s for i, s in zip(image, spatial) if s]
+    return len(ratios) == len(image) and max(ratios) / min(ratios) < 3.0
 
 
 def input_dependencies(model: keras.Model, ref: LayerRef) -> set[int]:
@@ -714,9 +707,9 @@ def _token_default(model: keras.Model, input_index: int, head: set[int], top_out
     candidates = [r for r in spatial_layers(model, input_index, 3) if _fits_grid(r, image)]
     if not candidates:
         return None
-    pr = _PROBES.get(model)
+    pr = probe(model)  # which layer feeds each attention layer's query (graph-level or inside custom layers)
     by_layer = {id(r.layer): r for r in candidates if r.index is None}
-    if pr is not None and pr.ok:
+    if pr.ok:
         for _, producer in reversed(pr.attention):
             if producer is None:
                 continue
