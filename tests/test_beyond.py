@@ -516,8 +516,11 @@ def test_vit_errors():
         tfcam.Explainer(model, "norm1", reshape=(3, 3))
     with pytest.raises(tfcam.InputError, match="Received: reshape='grid'"):
         tfcam.Explainer(model, "norm1", reshape="grid")
-    with pytest.raises(tfcam.InputError, match="tokens.*Received: activations shape"):
-        tfcam.Explainer(model, "patch", reshape="vit")  # already a grid: not tokens
+    # issue 17: reshape="vit" passes layers that already are grids (Swin / MiT 4-D stages) unchanged
+    # (it was an error); a layer list can then mix token and grid layers
+    x = np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(tfcam.Explainer(model, "patch", reshape="vit")(x, [0, 1]),
+                               tfcam.Explainer(model, "patch")(x, [0, 1]), atol=1e-6)
 
 
 # --------------------------------------------------------------------------- mixed precision

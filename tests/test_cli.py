@@ -263,15 +263,29 @@ def test_layers_lists_nested_paths_last_first(tmp_path):
     proc = run_cli("layers", tmp_path / "nested.keras")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["name", "output", "shape", "path"]
+    assert lines[0].split() == ["name", "output", "shape", "calls", "path"]
     table = [(ln[0], *re.split(r"\s{2,}", ln[3:].strip())) for ln in lines[1:4]]
-    assert table == [("*", "conv_b", "(None, 8, 8, 5)", "backbone/conv_b"),
-                     (" ", "conv_a", "(None, 10, 10, 4)", "backbone/conv_a"),
-                     (" ", "backbone", "(None, 8, 8, 5)", "backbone")]
+    assert table == [("*", "conv_b", "(None, 8, 8, 5)", "1", "backbone/conv_b"),
+                     (" ", "conv_a", "(None, 10, 10, 4)", "1", "backbone/conv_a"),
+                     (" ", "backbone", "(None, 8, 8, 5)", "1", "backbone")]
     assert "* = the layer layer=None picks (backbone/conv_b)" in proc.stdout
     proc = run_cli("layers", tmp_path / "missing.keras")
     assert proc.returncode == 1 and error_lines(proc.stderr) == [
         f"tfcam: error: model file not found: '{tmp_path / 'missing.keras'}'"]
+
+
+def test_layers_shows_the_calls_of_a_shared_layer(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 3))
+    shared = keras.layers.Conv2D(3, 3, padding="same", name="shared")
+    h = shared(shared(inp))
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+    model.save(tmp_path / "shared.keras")
+    proc = run_cli("layers", tmp_path / "shared.keras")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = re.split(r"\s{2,}", proc.stdout.splitlines()[1][3:].strip())
+    assert row == ["shared", "(None, 12, 12, 3)", "2 (@0..@1)", "shared"]
+    assert "'layer@k' for call k" in proc.stdout
 
 
 # ------------------------------------------------------------------------------ demo scoring helpers

@@ -69,9 +69,36 @@ def test_every_method_sees_every_call_of_a_shared_layer(models, images, method):
     assert {layer.name: len(layer._inbound_nodes) for layer in shared.layers} == counts
 
 
-def test_a_shared_layer_is_explained_at_its_last_call(models, images):
+def test_a_shared_layer_is_explained_at_every_call_summed(models, images):
+    """Issue 17: without ``@k`` every call is explained; the calls' maps (ReLU'd, at the input's
+    resolution) are summed. Was: the last call only (now ``"s1@1"``)."""
     shared, twin = models
     got = tfcam.Explainer(shared, "s1")(images, [0, 1, 2], resize=False, normalize=False)
-    want = tfcam.Explainer(twin, "s2")(images, [0, 1, 2], resize=False, normalize=False)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    first = tfcam.Explainer(twin, "s1")(images, [0, 1, 2], resize=False, normalize=False)
+    second = tfcam.Explainer(twin, "s2")(images, [0, 1, 2], resize=False, normalize=False)
+    np.testing.assert_allclose(got, first + second, rtol=1e-4, atol=1e-6)
     assert len(shared.get_layer("s1")._inbound_nodes) == 2  # its own two calls, nothing added
+
+
+@pytest.mark.parametrize("call, twin_layer", [(0, "s1"), (1, "s2")])
+def test_one_call_of_a_shared_layer(models, images, call, twin_layer):
+    shared, twin = models
+    ex = tfcam.Explainer(shared, f"s1@{call}")
+    assert ex.layer_names == [f"s1@{call}"]
+    got = ex(images, [0, 1, 2], resize=False, normalize=False)
+    want = tfcam.Explainer(twin, twin_layer)(images, [0, 1, 2], resize=False, normalize=False)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_ablation_of_one_call_of_a_shared_layer(models, images):
+    """Ablation-CAM zeroes channels of the chosen call only (the other call runs as is)."""
+    shared, twin = models
+    got = tfcam.Explainer(shared, "s1@0", method="ablationcam")(images, [0, 1, 2], resize=False)
+    want = tfcam.Explainer(twin, "s1", method="ablationcam")(images, [0, 1, 2], resize=False)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_call_index_out_of_range(models):
+    shared, _ = models
+    with pytest.raises(tfcam.LayerError, match=r"called 2 time\(s\).*Received: layer='s1@2'"):
+        tfcam.Explainer(shared, "s1@2")

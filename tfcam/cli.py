@@ -158,25 +158,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    from tfcam.layers import _output_shape, default_layer, spatial_layers
+    from tfcam.layers import default_layer, spatial_layers
 
     model, _, _ = _load_model(args.model, args.weights, args.size)
     refs = spatial_layers(model)
+    tokens = not refs
+    if tokens:  # a vision transformer: its token layers (N, T, D), explained with reshape="vit"
+        refs = spatial_layers(model, rank=3)
     if not refs:
         raise CliError(f"model {model.name!r} has no layer with a spatial output to explain")
     try:
         pick = default_layer(model).path
     except Exception:  # noqa: BLE001 - listing still helps
         pick = None
-    rows = [("", "name", "output shape", "path")]
+
+    def fmt(shape):
+        return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")" if shape else "?"
+
+    rows = [("", "name", "output shape", "calls", "path")]
     for ref in refs:
-        shape = "(" + ", ".join("None" if d is None else str(d) for d in _output_shape(ref.layer)) + ")"
-        rows.append(("*" if ref.path == pick else "", ref.name, shape, ref.path))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        shapes = list(dict.fromkeys(fmt(s) for s in ref.shapes)) or [fmt(ref.shape)]
+        calls = "1" if ref.calls == 1 else f"{ref.calls} (@0..@{ref.calls - 1})"
+        rows.append(("*" if ref.path == pick or pick and pick.startswith(ref.path + "@") else "",
+                     ref.name, " | ".join(shapes), calls, ref.path))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         _say("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
     if pick is not None:
         _say(f"\n* = the layer layer=None picks ({pick}); {len(refs)} explainable layers, last first")
+    _say("path syntax: 'outer/inner/layer', 'layer@k' for call k of a layer called several times "
+         "(without @k every call, maps summed), 'layer[i]' / 'layer[key]' for an element of a tuple/dict output"
+         + ("; token layers: explained with reshape='vit'" if tokens else ""))
     return 0
 
 
@@ -340,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=_cmd_explain)
 
     layers = sub.add_parser("layers", parents=[debug], help="list the layers of a model that can be explained",
-                            description="Lists the layers with a spatial output (name, output shape, nested "
+                            description="Lists the layers with a spatial output (name, output shape, number of calls, nested "
                             "path), last first; '*' marks the one layer=None picks.")
     layers.add_argument("model", metavar="MODEL", help=model_help)
     layers.add_argument("--weights", choices=["imagenet", "none"], default="none",

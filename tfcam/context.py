@@ -25,9 +25,9 @@ import tensorflow as tf
 from tfcam import maps as maps_ops
 from tfcam._tracing import CompiledCache
 from tfcam._tracing import function as tfcam_function
-from tfcam.errors import LayerError, MethodError, TargetError
+from tfcam.errors import MethodError, TargetError
 from tfcam.graph import Rewrite, needs_inputs, run_graph
-from tfcam.layers import LayerRef, find_cam_head, logit_layers
+from tfcam.layers import LayerRef, find_cam_head, logit_layers, select_output
 from tfcam.methods.registry import Method, Option, combine_channels
 from tfcam.targets import Target
 
@@ -122,7 +122,8 @@ class ModelView:
         self.eigen_smooth = eigen_smooth
         self.n_inputs = len(model.inputs)
         self._logit_layers = logit_layers(model) if score == "logit" else [None] * len(model.outputs)
-        self._rewrite = Rewrite(capture=tuple(r.layer for r in self.layers), logits=score == "logit")
+        unique = {id(r.layer): r.layer for r in self.layers}  # a layer at several calls is captured once
+        self._rewrite = Rewrite(capture=tuple(unique.values()), logits=score == "logit")
         # bounded: keys hold user callables of CallableTargets (see tfcam._tracing)
         self._cache: CompiledCache = CompiledCache(64)
         self._head: dict[int, Any] = {}
@@ -259,17 +260,10 @@ class ModelView:
         """
         rw = self._rewrite if rewrite is None else Rewrite(
             capture=tuple(rewrite.capture) + self._rewrite.capture, replace=rewrite.replace,
-            after=rewrite.after, call=rewrite.call, logits=self._rewrite.logits)
+            after=rewrite.after, call=rewrite.call, logits=self._rewrite.logits, wrap=rewrite.wrap)
         flat = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         result = run_graph(self.model, flat, rw)
-        raw = []
-        for ref in self.layers:
-            got = result.captured.get(id(ref.layer))
-            if not got:
-                raise LayerError(
-                    f"Layer {ref.path!r} is not on a path from the model's inputs to its outputs, "
-                    f"so it cannot be explained. Received: layer={ref.path!r}")
-            raw.append(got[-1])
+        raw = [select_output(ref, result.captured.get(id(ref.layer), [])) for ref in self.layers]
         acts = [self.to_map_layout(i, a) for i, a in enumerate(raw)]
         logits = [lg if (lg is not None and self.score == "logit") else o
                   for lg, o in zip(result.logits, result.outputs)]
@@ -351,12 +345,36 @@ class ModelView:
 
         return self.cached(key, build)
 
+    def replace_rule(self, li: int, fn: Callable[[Any], Any]) -> dict:
+        """A ``Rewrite.replace`` rule applying ``fn`` to target ``li``'s output only: at its call
+        (``@k``) and element (``[i]``); other calls and elements of the layer are unchanged.
+
+        Build it inside the function that runs the model (it counts the layer's calls).
+        """
+        ref = self.layers[li]
+        seen = [0]
+
+        def rule(out):
+            k = seen[0]
+            seen[0] += 1
+            if ref.call is not None and k != ref.call:
+                return out
+            if ref.index is None:
+                return fn(out)
+            if isinstance(out, dict):
+                return {key: fn(v) if key == ref.index else v for key, v in out.items()}
+            items = [fn(v) if i == ref.index else v for i, v in enumerate(out)]
+            return type(out)(items) if isinstance(out, tuple) else items
+
+        return {ref.layer: rule}
+
     def tail(self, li: int) -> Callable | None:
         """``raw activations of layer li -> selected output``, or None when the layer does
         not cut the graph (some path from the inputs to the outputs bypasses it)."""
-        layer = self.layers[li].layer
-        if needs_inputs(self.model, layer):
-            return None
+        ref = self.layers[li]
+        layer = ref.layer
+        if ref.index is not None or ref.calls > 1 or needs_inputs(self.model, layer):
+            return None  # feeding one call or one element of a layer: run the whole model instead
         rw = Rewrite(feed=(layer,), logits=self.score == "logit")
 
         def tail(raw_acts):

@@ -24,7 +24,17 @@ from tfcam._tracing import CompiledCache
 from tfcam.context import MethodContext, MethodOptions, ModelView, combine_channels, output_keys, pack_outputs
 from tfcam.detection import adapter_for
 from tfcam.errors import InputError, InputTypeError, LayerError, MethodError, TargetError, TfcamError
-from tfcam.layers import LayerRef, LayerSpec, grid_to_tokens, resolve_layers, tokens_to_grid
+from tfcam.layers import (
+    LayerRef,
+    LayerSpec,
+    _check_model,
+    expand_calls,
+    graph_model,
+    grid_to_tokens,
+    parts_model,
+    resolve_layers,
+    tokens_to_grid,
+)
 from tfcam.methods import REGISTRY, Method, get_method
 from tfcam.targets import DetectionTarget, Target, TargetSpec, as_target
 from tfcam.validation import as_image_array, resolve_index
@@ -89,10 +99,27 @@ class Explainer:
     """Class activation maps for a Keras model, computed by one compiled step.
 
     Args:
-        model: a built Keras 3 model (Sequential, Functional, possibly with nested models).
-        layer: the target layer: a name (or ``"nested_model/layer"`` path), a
-            ``keras.layers.Layer``, a list of them (maps are averaged), or None for the
-            last layer with a spatial output before the head (see ``layer_names``).
+        model: a built Keras 3 model: Sequential, Functional (possibly with nested models
+            and custom composite layers), or a subclassed model that was built (called
+            once; or pass ``input_shape``). A subclassed model is explained through its
+            sublayers' outputs during its own call; ``Explainer.model`` is then tfcam's
+            Functional wrapper calling it (the user's model is not changed).
+        layer: the target layer, or None for the last layer with a spatial output before
+            the head (vision transformers: the input of the last attention layer, with
+            ``reshape="vit"`` implied). A layer is given by
+
+            - its name, or its path ``"outer/inner/layer"`` through nested models *and*
+              custom composite layers (``"vit_backbone/vit_encoder/transformer_block_2/ln_1"``;
+              ``tfcam.spatial_layers(model)`` and ``tfcam layers MODEL`` list them);
+            - ``"path@k"``: call ``k`` (0-based, in call order) of a layer called several
+              times; without ``@k`` every call is explained and the calls' maps are summed
+              at the input's resolution (each computed at its own resolution, with its
+              own gradients);
+            - ``"path[i]"`` / ``"path[key]"`` or the pair ``("path", i)``: element ``i`` of a
+              layer returning a tuple/list (``key`` of a dict), e.g. ``"fpn[P3]"``;
+            - a ``keras.layers.Layer`` object;
+
+            or a list of these (their maps are averaged).
         method: the default method name (see ``tfcam.METHODS``).
         score: ``"logit"`` (default) explains the score before a final softmax/sigmoid,
             recomputed from the output layer's own weights; ``"probability"`` explains
@@ -106,10 +133,13 @@ class Explainer:
             multi-input models; maps come back at that input's spatial size. Images are
             then given as a list (model input order) or a dict keyed by input name.
         reshape: turns a target layer's activations into ``(N, *spatial, channels)``
-            before the methods: ``"vit"`` (tokens ``(N, T, D)`` to a square grid; a
-            leading class token is detected and dropped), ``(h, w)`` for a non-square
-            grid, or a callable ``tensor -> tensor`` (applied to activations and
-            gradients alike, so it must be linear, e.g. a reshape/slice/transpose).
+            before the methods: ``"vit"`` (tokens ``(N, T, D)`` to a grid shaped like the
+            input; any number of leading prefix tokens (class, distillation, registers)
+            is inferred and dropped; layers that already have a grid, such as Swin or
+            MiT stages, pass unchanged), ``("vit", n_prefix)`` to give the number of
+            prefix tokens, ``(h, w)`` for a given grid, or a callable ``tensor -> tensor``
+            (applied to activations and gradients alike, so it must be linear, e.g. a
+            reshape/slice/transpose).
         data_format: ``"channels_last"`` or ``"channels_first"`` for the explained input
             (``(N, C, *S)``); None reads it from the first layer with a ``data_format``.
             Activations of ``channels_first`` layers are always transposed.
@@ -123,6 +153,8 @@ class Explainer:
             its last spatial axis x brightness factors 0.9 / 1 / 1.1 (each map flipped back
             before averaging), six passes per batch; predictions and scores are the
             unaugmented ones.
+        input_shape: the input shape (without the batch axis) of a subclassed model that
+            was never called; ignored for models with symbolic inputs.
         **options: method options (e.g. ``top_k=32`` for Score-CAM); each method lists
             the options it reads, and unknown ones are rejected.
 
@@ -156,13 +188,15 @@ class Explainer:
         run_eagerly: bool = False,
         eigen_smooth: bool = False,
         aug_smooth: bool = False,
+        input_shape: Sequence[int] | None = None,
         **options: Any,
     ):
         if score not in _SCORES:
             raise InputError(f"Expected score to be one of {_SCORES}. Received: score={score!r}")
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"Expected a positive integer batch_size. Received: batch_size={batch_size!r}")
-        self.model = model
+        self.model = _check_model(graph_model(model, input_shape))
+        model = self.model
         self.method = get_method(method).name
         self.score = score
         self.batch_size = int(batch_size)
@@ -173,12 +207,18 @@ class Explainer:
         if data_format is not None and data_format not in _FORMATS:
             raise InputError(f"Expected data_format in {_FORMATS} or None. Received: data_format={data_format!r}")
         self._input_index = self._resolve_input(input)
+        self.data_format = data_format or self._infer_format()
         reshape_fn, reshape_inverse = self._resolve_reshape(reshape)
-        self._layers: list[LayerRef] = resolve_layers(
+        self._specs: list[LayerRef] = resolve_layers(
             model, layer, self._input_index, rank=3 if reshape is not None else None)
         if layer is None:
-            logger.info("tfcam picked layer %r", self._layers[0].path)
-        self.data_format = data_format or self._infer_format()
+            logger.info("tfcam picked layer %r", self._specs[0].path)
+            if reshape is None and self._tokens_of_image(self._specs[0]):
+                logger.info("layer %r holds transformer tokens: using reshape='vit'", self._specs[0].path)
+                reshape_fn, reshape_inverse = self._resolve_reshape("vit")
+                reshape = "vit"
+        # a layer called several times (no "@k"): one target per call, maps summed per layer
+        self._layers, self._groups = expand_calls(self._specs)
         self._output_index = self._resolve_output(output)
         self._output_given = output is not None
         self.options: dict[str, Any] = _check_options(options)
@@ -200,6 +240,51 @@ class Explainer:
             input=input, reshape=reshape, data_format=data_format, batch_size=self.batch_size,
             jit_compile=jit_compile, run_eagerly=self.run_eagerly, eigen_smooth=self.eigen_smooth,
             aug_smooth=self.aug_smooth, **options)
+        if input_shape is not None:
+            self._config["input_shape"] = tuple(input_shape)
+
+    @classmethod
+    def from_parts(
+        cls,
+        features: Callable[..., Any],
+        head: Callable[..., Any],
+        method: str = "gradcam",
+        *,
+        input_shape: Sequence[int] | None = None,
+        name: str = "parts",
+        **kwargs: Any,
+    ) -> Explainer:
+        """An Explainer for a model given as two parts: ``features`` (images -> feature map)
+        and ``head`` (feature map -> outputs), the split the Keras books draw by hand.
+
+        tfcam builds its own Functional model ``input -> features -> head`` whose two layers
+        call the parts whole (Keras models, subclassed models or any callables); the
+        explained layer is ``"features"`` (its output) unless ``layer=`` says otherwise
+        (``"features/<sublayer>"`` reaches inside). The parts are only called, never on
+        symbolic Keras tensors: their weights, configs and node lists do not change.
+
+        Args:
+            features: images -> feature map ``(N, *S, C)``.
+            head: feature map -> the model's outputs.
+            method: the default method.
+            input_shape: the input shape without the batch axis; by default the input
+                shape of ``features`` (a Functional model, or a built subclassed one).
+            name: the name of tfcam's model.
+            **kwargs: the other ``Explainer`` arguments (``layer=``, ``score=``, options).
+
+        Returns:
+            An ``Explainer``.
+
+        Raises:
+            ModelError: the input shape is unknown.
+
+        Example:
+
+        >>> ex = tfcam.Explainer.from_parts(backbone, classifier_head, input_shape=(224, 224, 3))
+        >>> maps = ex(images, targets=[207])
+        """
+        kwargs.setdefault("layer", "features")
+        return cls(parts_model(features, head, input_shape, name), method=method, **kwargs)
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments except the model: ``Explainer(model, **config)`` rebuilds it.
@@ -230,8 +315,17 @@ class Explainer:
     # ------------------------------------------------------------------ properties
     @property
     def layer_names(self) -> list[str]:
-        """Paths of the target layers (``"nested/inner"`` for nested models)."""
-        return [r.path for r in self._layers]
+        """Paths of the target layers as resolved (``"nested/inner"``, ``"head@2"``, ``"fpn[P3]"``)."""
+        return [r.path for r in self._specs]
+
+    def _tokens_of_image(self, ref: LayerRef) -> bool:
+        """A default layer of token activations ``(N, T, D)`` for an image input."""
+        shape = ref.shape
+        return shape is not None and len(shape) == 3 and len(self.view_input_shape()) == 3
+
+    def view_input_shape(self) -> tuple:
+        """The explained input's shape without the batch axis."""
+        return tuple(self.model.inputs[self._input_index].shape[1:])
 
     @property
     def trace_count(self) -> int:
@@ -265,7 +359,8 @@ class Explainer:
 
     @property
     def layers(self) -> list[LayerRef]:
-        """The target layers (``LayerRef``: path, the user's layer object, its parents)."""
+        """The targets the methods see (``LayerRef``: path, the user's layer object, its parents);
+        a layer called several times without ``@k`` appears once per call (``"name@k"``)."""
         return list(self._layers)
 
     def prepare_inputs(self, images: Any) -> np.ndarray | list[np.ndarray]:
@@ -303,22 +398,35 @@ class Explainer:
             names = ["input"]
         return resolve_index(which, names, "input", InputError)
 
-    @staticmethod
-    def _resolve_reshape(reshape: Any) -> tuple[Callable | None, Callable | None]:
+    def _resolve_reshape(self, reshape: Any) -> tuple[Callable | None, Callable | None]:
         """``reshape`` -> (tokens -> grid, its inverse or None)."""
         if reshape is None:
             return None, None
         if callable(reshape):
             return reshape, None
+        image = self.view_input_shape()
+        fmt = self.data_format
+        spatial = image[1:] if fmt == "channels_first" else image[:-1]
+        n_prefix = None
+        if isinstance(reshape, (tuple, list)) and len(reshape) == 2 and isinstance(reshape[0], str) \
+                and isinstance(reshape[1], (int, np.integer)) and not isinstance(reshape[1], bool) and reshape[1] >= 0:
+            reshape, n_prefix = reshape[0], int(reshape[1])
         if isinstance(reshape, str):
             if reshape.lower() in ("vit", "tokens"):
-                return tokens_to_grid, grid_to_tokens
-        elif isinstance(reshape, (tuple, list)) and len(reshape) == 2 and all(
+                def to_grid(t):
+                    if len(t.shape) != 3:
+                        return t  # already a grid (Swin / MiT stages as (N, h, w, C))
+                    return tokens_to_grid(t, image_shape=spatial if len(spatial) == 2 else None, n_prefix=n_prefix)
+
+                def inverse(grid, like):
+                    return grid if len(like.shape) != 3 else grid_to_tokens(grid, like)
+                return to_grid, inverse
+        elif n_prefix is None and isinstance(reshape, (tuple, list)) and len(reshape) == 2 and all(
                 isinstance(v, (int, np.integer)) and v > 0 for v in reshape):
             grid = tuple(int(v) for v in reshape)
             return (lambda t: tokens_to_grid(t, grid)), grid_to_tokens
         raise InputError(
-            "Expected reshape to be None, 'vit', a grid (h, w), or a callable "
+            "Expected reshape to be None, 'vit', ('vit', n_prefix), a grid (h, w), or a callable "
             f"(N, tokens, dim) -> (N, h, w, dim). Received: reshape={reshape!r}"
         )
 
@@ -333,7 +441,7 @@ class Explainer:
 
     def _check_map_rank(self, li: int) -> int:
         ref = self._layers[li]
-        shape = tuple(ref.layer.output.shape)
+        shape = tuple(ref.shape)
         if self.view.reshape is not None:
             probe = tf.zeros((1,) + tuple(1 if s is None else s for s in shape[1:]), tf.float32)
             shape = tuple(self.view.to_map_layout(li, probe).shape)
@@ -511,8 +619,25 @@ class Explainer:
         return self.view.score_function(target, arrays)
 
     def _finish(self, name: str, per_layer: list, size, normalize: bool):
-        """ReLU -> resize -> normalize each layer's raw map, then combine layers."""
-        post = [maps_ops.postprocess(m, size, normalize) for m in per_layer]
+        """ReLU -> resize -> normalize each layer's raw map, then combine layers.
+
+        The calls of a layer called several times (``self._groups``) are summed first: each
+        call's map, ReLU'd and resized to the input, then one normalization of the sum.
+        """
+        groups = self._groups if len(per_layer) == len(self._layers) else [[i] for i in range(len(per_layer))]
+        post = []
+        for group in groups:
+            if len(group) == 1:
+                post.append(maps_ops.postprocess(per_layer[group[0]], size, normalize))
+                continue
+            parts = [maps_ops.postprocess(per_layer[i], size, False) for i in group]
+            if len({tuple(p.shape[1:]) for p in parts}) > 1:
+                raise InputError(
+                    "The calls of a layer called several times are summed at the input's size; they have "
+                    "different resolutions. Pass resize=True, or pick one call with 'name@k'. "
+                    f"Received: resize=False with layers {self.layer_names}")
+            total = tf.add_n(parts)
+            post.append(maps_ops.normalize_maps(total) if normalize else total)
         if len(post) > 1 and len({tuple(p.shape[1:]) for p in post}) > 1:
             raise InputError(
                 "Layers of different resolutions can only be combined at the input's "

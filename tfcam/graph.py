@@ -307,7 +307,7 @@ class _Runner:
         output_ops = {id(t._keras_history.operation) for t in model.outputs}
         logits: dict[int, Any] = {}
         for depth in sorted(model._nodes_by_depth, reverse=True):
-            for node in model._nodes_by_depth[depth]:
+            for node in _in_call_order(model._nodes_by_depth[depth]):
                 op = node.operation
                 if not op or node.is_input or id(node) not in nodes:
                     continue
@@ -364,6 +364,25 @@ class _Runner:
                 raise _NeedsInputs()
             x = self.apply(layer, (x,), {}, is_output, wants_logits, logits)
         return [x], [logits.get(id(layers[-1])) if layers else None]
+
+
+def _in_call_order(nodes: Sequence) -> list:
+    """Nodes of one depth, the calls of a shared layer in the order they were made (its
+    ``_inbound_nodes`` order), so that captures list calls in call order. Nodes of one depth
+    are independent: reordering them changes nothing else."""
+    nodes = list(nodes)
+    positions: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        if node.operation is not None:
+            positions.setdefault(id(node.operation), []).append(i)
+    for idx in positions.values():
+        if len(idx) > 1:
+            inbound = nodes[idx[0]].operation._inbound_nodes
+            rank = {id(n): k for k, n in enumerate(inbound)}
+            ordered = sorted((nodes[i] for i in idx), key=lambda n: rank.get(id(n), 0))
+            for i, node in zip(idx, ordered):
+                nodes[i] = node
+    return nodes
 
 
 def run_graph(model: keras.Model, inputs: Sequence | None, rewrite: Rewrite = Rewrite(),

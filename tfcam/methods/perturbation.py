@@ -271,7 +271,6 @@ def _ablation_fn(ctx, li, raw, target, arrays, batch):
     view = ctx.view
     jit = view.jit_compile
     tail = view.tail(li)
-    layer = view.layers[li].layer
     rank = len(raw.shape)
     axis = view.layer_channel_axis(li, rank)
     c = int(raw.shape[axis])
@@ -292,7 +291,7 @@ def _ablation_fn(ctx, li, raw, target, arrays, batch):
                 n, k = _pairs(chans, _items(jit, start, count, batch)[0])
                 keep = keep_mask(k, tf.float32)
                 inputs = view.with_image(x, tf.gather(view.main_input(x), n), n)
-                rw = Rewrite(replace={layer: lambda out: out * tf.cast(keep, out.dtype)})
+                rw = Rewrite(replace=view.replace_rule(li, lambda out: out * tf.cast(keep, out.dtype)))
                 return _score_of(target, view.run(inputs, rw).selected, target_arrays, n)
 
         specs = [_i32(), _i32(), view.input_spec(), _spec(raw), tf.TensorSpec((None, None), tf.int32),
