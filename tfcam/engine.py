@@ -545,6 +545,9 @@ class Explainer:
     # ------------------------------------------------------------------ inputs
     def _prepare_images(self, images: Any) -> np.ndarray | list[np.ndarray]:
         if not self.multi_input:
+            names = self._input_names()
+            if isinstance(images, dict) and list(images) == names:  # {"images": x} for a one-input model
+                images = images[names[0]]
             return self._prepare_one(images, self.model.inputs[0], "images")
         names = self._input_names()
         if isinstance(images, dict):

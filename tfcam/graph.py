@@ -121,6 +121,10 @@ class Rewrite:
         wrap: ``{layer: fn(call, args, kwargs) -> output}``: run instead of the layer's
             call, at any depth (also inside custom layers); ``call(*args, **kwargs)`` runs
             the layer itself (e.g. asking an attention layer for its scores as well).
+        lenient: best effort (for probing shapes on dummy inputs): a node of the top-level
+            graph that raises, or whose inputs are missing, is skipped with everything
+            that depends on it, and outputs that could not be computed are None. A CLIP
+            model probed with a made-up text length still shows its image tower.
     """
 
     capture: tuple = ()
@@ -130,6 +134,7 @@ class Rewrite:
     logits: bool = False
     feed: tuple = ()
     wrap: dict = field(default_factory=dict)
+    lenient: bool = False
 
     def descend_into(self, model: keras.Model, wants_logits: bool) -> bool:
         """Whether a nested model must be interpreted layer by layer (not called whole)."""
@@ -183,6 +188,7 @@ class _Runner:
         self.watched = self.capture_ids | set(self.replace) | set(self.wrap)
         self._needed: dict[int, tuple] = {}
         self._direct: Any = None  # the layer the runner itself is calling (its rules apply in `apply`)
+        self.top: Any = None  # the model run_graph was given (Rewrite.lenient applies to its graph)
 
     # ------------------------------------------------------------------ inside layers
     def hook(self, layer, call, args: tuple, kwargs: dict):
@@ -296,6 +302,7 @@ class _Runner:
         if isinstance(model, keras.Sequential):
             return self.run_sequential(model, inputs, wants_logits)
         nodes, needed_inputs = self.needed(model)
+        lenient = self.rw.lenient and model is self.top
         tensors: dict[int, Any] = {}
         for i, t in enumerate(model.inputs):
             value = None if inputs is None or i >= len(inputs) else inputs[i]
@@ -322,13 +329,24 @@ class _Runner:
                             tensors[id(x)] = y
                         continue
                     if any(id(x) not in tensors for x in node.input_tensors):
+                        if lenient:
+                            continue
                         raise _NeedsInputs()
                     args, kwargs = node.arguments.fill_in(tensors)
-                result = self.apply(op, args, kwargs, id(op) in output_ops, wants_logits, logits)
+                if lenient:
+                    try:
+                        result = self.apply(op, args, kwargs, id(op) in output_ops, wants_logits, logits)
+                    except Exception:  # noqa: BLE001 - best effort: skip this node and what depends on it
+                        continue
+                else:
+                    result = self.apply(op, args, kwargs, id(op) in output_ops, wants_logits, logits)
                 for x, y in zip(node.outputs, tree.flatten(result)):
                     tensors[id(x)] = y
         outputs = []
         for t in model.outputs:
+            if id(t) not in tensors and lenient:
+                outputs.append(None)
+                continue
             if id(t) not in tensors:
                 raise ModelError(f"Output {t.name!r} of model {model.name!r} could not be computed from its inputs.")
             outputs.append(tensors[id(t)])
@@ -403,6 +421,7 @@ def run_graph(model: keras.Model, inputs: Sequence | None, rewrite: Rewrite = Re
         LayerError: ``fed`` layers do not cut the graph (an input is still needed).
     """
     runner = _Runner(rewrite, fed or {})
+    runner.top = model
     try:
         with intercepting(runner.hook):
             outputs, logits = runner.run_model(model, None if inputs is None else list(inputs), rewrite.logits)

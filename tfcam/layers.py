@@ -333,8 +333,9 @@ def _shape_struct(out: Any) -> Any:
 
 
 def _is_attention(layer: Any) -> bool:
+    # KerasHub's own attention classes end in "Attention"; "...AttentionPooling" heads are not self-attention
     return isinstance(layer, keras.layers.MultiHeadAttention) or (
-        "attention" in type(layer).__name__.lower() and isinstance(layer, keras.layers.Layer))
+        type(layer).__name__.lower().endswith("attention") and isinstance(layer, keras.layers.Layer))
 
 
 def probe(model: keras.Model) -> _Probe:
@@ -344,7 +345,8 @@ def probe(model: keras.Model) -> _Probe:
     number of calls of each layer, tuple/dict outputs, and which layer feeds each
     attention layer's query. Done once per model (cached weakly); nothing of the model
     changes (``tfcam.graph.run_graph`` with ``wrap`` rules). Unknown (None) input axes are
-    given ``PROBE_SIZE``. When the run fails, tfcam falls back to static shapes.
+    given ``PROBE_SIZE``; a branch that fails on them (a text tower with a fixed length) is
+    skipped, the rest still probed. When the whole run fails, tfcam falls back to static shapes.
     """
     got = _PROBES.get(model)
     if got is not None:
@@ -378,7 +380,12 @@ def probe(model: keras.Model) -> _Probe:
             if _is_attention(layer):
                 q = args[0] if args else next((kwargs[n] for n in ("query", "hidden_states", "inputs", "x")
                                                if n in kwargs), None)
-                attention.append((id(layer), produced.get(id(q)) if q is not None else None))
+                v = args[1] if len(args) > 1 else kwargs.get("value")
+                # self-attention only: a pooling head's cross-attention (SigLIP's learned probe
+                # query against the patch tokens) does not say which layer holds the patch tokens
+                cross = (v is not None and q is not None and getattr(v, "shape", None) is not None
+                         and tuple(v.shape[:2]) != tuple(q.shape[:2]))
+                attention.append((id(layer), produced.get(id(q)) if q is not None and not cross else None))
                 keep.append(q)
             return out
         return fn
@@ -386,7 +393,7 @@ def probe(model: keras.Model) -> _Probe:
     inputs = [tf.zeros((1,) + tuple(PROBE_SIZE if d is None else int(d) for d in t.shape[1:]), t.dtype)
               for t in model.inputs]
     try:
-        run_graph(model, inputs, Rewrite(wrap={r.layer: make(r.layer) for r in refs}))
+        run_graph(model, inputs, Rewrite(wrap={r.layer: make(r.layer) for r in refs}, lenient=True))
         result = _Probe(True, shapes, order, attention)
     except Exception as err:  # noqa: BLE001 - listing what static shapes show still helps
         logger.warning("tfcam could not run model %r on a dummy batch to find the output shapes of its "
@@ -498,13 +505,14 @@ def _first_data_format(model: keras.Model) -> str:
 
 
 def _grid_like(shape: tuple, image: Sequence[int], channels_first: bool = False) -> bool:
-    """Whether an output's spatial axes scale the input's roughly alike (strides agree within
-    3x; checked for layers inside custom layers only)."""
+    """Whether an output's spatial axes scale the input's alike (strides agree within 1.5x:
+    padding makes them differ a little; an attention projection ``(N, tokens, heads, dim)``
+    differs far more); checked for layers inside custom layers only."""
     spatial = shape[2:] if channels_first else shape[1:-1]
     if len(image) < 2 or any(s is None for s in spatial):
         return True
     ratios = [i / s for i, s in zip(image, spatial) if s]
-    return len(ratios) == len(image) and max(ratios) / min(ratios) < 3.0
+    return len(ratios) == len(image) and max(ratios) / min(ratios) < 1.5
 
 
 def input_dependencies(model: keras.Model, ref: LayerRef) -> set[int]:
@@ -603,26 +611,19 @@ def _head_ids(model: keras.Model) -> set[int]:
     default layer is never one of these (nor inside them).
     """
     ids: set[int] = set()
-    stack = [(t._keras_history.operation, True) for t in model.outputs]
+    stack = [t._keras_history.operation for t in model.outputs]
     while stack:
-        op, passing = stack.pop()
+        op = stack.pop()
         if id(op) in ids or isinstance(op, keras.layers.InputLayer):
             continue
         ids.add(id(op))
-        if not passing or _is_model(op):
-            continue
-        if isinstance(op, _HEAD_TAIL):
-            nxt = True
-        elif op.weights:
-            nxt = False  # the logit layer itself: nothing before it is the head
-            continue
-        else:
-            continue
+        if _is_model(op) or not isinstance(op, _HEAD_TAIL):
+            continue  # the logit layer itself (or another op, e.g. GetItem): nothing before it is the head
         for node in getattr(op, "_inbound_nodes", []):
             for t in node.input_tensors:
                 producer = _producer(t)
                 if producer is not None:
-                    stack.append((producer, nxt))
+                    stack.append(producer)
     return ids
 
 
@@ -939,7 +940,18 @@ def resolve_layers(
     """
     _check_model(model)
     if layer is None:
-        refs = [default_layer(model, input_index, rank)]
+        ref = default_layer(model, input_index, rank)
+        refs = [ref]
+        if ref.index is not None:
+            # one element of a layer returning several feature maps (a detector's FPN levels): a
+            # detection on one level gives the others no gradient, so every element is explained
+            # (combined as several layers are) rather than one silently empty level
+            dims = [PROBE_SIZE if d is None else int(d) for d in model.inputs[input_index].shape[1:]]
+            image = dims[1:] if _first_data_format(model) == "channels_first" else dims[:-1]
+            siblings = [r for r in spatial_layers(model, input_index, rank)
+                        if r.layer is ref.layer and r.call == ref.call and r.index is not None
+                        and r.shape is not None and _grid_like(r.shape, image)]
+            refs = siblings[::-1] or refs
         _warn_pooled(model, refs, input_index, rank)
         return refs
     specs = [layer] if _is_element_pair(layer) or not isinstance(layer, (list, tuple)) else list(layer)

@@ -93,9 +93,21 @@ def attention_layers(model: keras.Model) -> list[keras.layers.MultiHeadAttention
     return [layer for layer in _all_layers(model) if isinstance(layer, _MHA)]
 
 
+def _explained_attention(view: ModelView) -> list:
+    """The attention layers computed from the explained input (not a CLIP text tower's)."""
+    layers = attention_layers(view.model)
+    if not view.multi_input:
+        return layers
+    from tfcam.layers import input_dependencies, reachable_layers
+
+    keep = {id(r.layer) for r in reachable_layers(view.model)
+            if view.input_index in input_dependencies(view.model, r)}
+    return [layer for layer in layers if id(layer) in keep]
+
+
 def _refuses(view: ModelView) -> str | None:
     """Why the attention methods cannot serve this model (None: they can try)."""
-    layers = attention_layers(view.model)
+    layers = _explained_attention(view)
     if not layers:
         others = sorted({type(la).__name__ for la in _all_layers(view.model)
                          if "attention" in type(la).__name__.lower()})
@@ -362,8 +374,9 @@ class _Recorder:
             return call(**dict(kwargs, **{key: stacked}))
         return fn
 
-    def rewrite(self, model: keras.Model, norms: bool, logits: bool = False) -> Rewrite:
-        wrap = {layer: self.attention(layer) for layer in attention_layers(model)}
+    def rewrite(self, view: ModelView, norms: bool, logits: bool = False) -> Rewrite:
+        model = view.model
+        wrap = {layer: self.attention(layer) for layer in _explained_attention(view)}
         if norms:
             wrap.update({layer: self.norm(layer) for layer in _all_layers(model) if isinstance(layer, _NORM)})
         return Rewrite(wrap=wrap, logits=logits)
@@ -380,7 +393,7 @@ def _plan(ctx: MethodContext) -> _Plan:
 
     def build():
         rec = _Recorder()
-        run_graph(view.model, [t[:1] for t in _flat(ctx.inputs)], rec.rewrite(view.model, norms=True))
+        run_graph(view.model, [t[:1] for t in _flat(ctx.inputs)], rec.rewrite(view, norms=True))
         selected, tokens = [], None
         for i, scores in enumerate(rec.scores):
             shape = tuple(scores.shape)
@@ -435,7 +448,7 @@ def _plan(ctx: MethodContext) -> _Plan:
 def _attention_run(ctx: MethodContext, x: Any, recorder: _Recorder, norms: bool) -> tuple[tf.Tensor, list]:
     """Runs the model under the recorder; returns the explained output and the read attentions."""
     view = ctx.view
-    result = run_graph(view.model, _flat(x), recorder.rewrite(view.model, norms, logits=view.score == "logit"))
+    result = run_graph(view.model, _flat(x), recorder.rewrite(view, norms, logits=view.score == "logit"))
     plan = _plan(ctx)
     if len(recorder.scores) != plan.n_calls:
         raise MethodError(f"The model made {len(recorder.scores)} attention calls in this run and "
