@@ -16,6 +16,7 @@ pytest.importorskip("keras_hub")
 
 import hub_zoo  # noqa: E402
 
+
 def _target(name):
     if name == "dinov2":
         return lambda out: out[:, 0, 2]  # one feature of the class token
