@@ -511,65 +511,49 @@ def _image_text_inputs(image_shape, vocab, seq_len):
     return inputs
 
 
-@functools.lru_cache
-def clip():
+def _image_text(family, vision_cls, text_cls, backbone_cls, num_prefix_tokens, **backbone_kwargs):
+    """A tiny CLIP-style two-tower model: 32x32 images, patch 8 (a 4x4 grid), 8-token texts of a 64-word vocabulary."""
     keras.utils.set_random_seed(0)
-    from keras_hub.src.models.clip.clip_text_encoder import CLIPTextEncoder
-    from keras_hub.src.models.clip.clip_vision_encoder import CLIPVisionEncoder
-
     shape, vocab, seq_len = (32, 32, 3), 64, 8
-    vision = CLIPVisionEncoder(8, 16, 1, 2, 32, image_shape=shape, name="vision_encoder")
-    text = CLIPTextEncoder(vocab, 16, 16, 1, 2, 32, max_sequence_length=seq_len, name="text_encoder")
-    model = models.CLIPBackbone(vision_encoder=vision, text_encoder=text, projection_dim=16)
+    vision = vision_cls(8, 16, 1, 2, 32, image_shape=shape, name="vision_encoder")
+    text = text_cls(vocab, 16, 16, 1, 2, 32, max_sequence_length=seq_len, name="text_encoder")
+    model = backbone_cls(vision_encoder=vision, text_encoder=text, **backbone_kwargs)
     info = _info(
-        "clip",
+        family,
         "encoder",
         shape,
         output="vision_logits",
         output_shapes=lambda n: {"vision_logits": (n, n), "text_logits": (n, n)},
         patch_size=8,
-        num_prefix_tokens=1,
+        num_prefix_tokens=num_prefix_tokens,
         grid=(4, 4),
         vocabulary_size=vocab,
         sequence_length=seq_len,
-        # tokens [cls, 16 patches]; the vision tower's pooled class token goes through vision_pooler/projection.
         feature_layer="vision_encoder/vision_encoder_encoder_block_0",
         blocks=["vision_encoder/vision_encoder_encoder_block_0"],
         text_blocks=["text_encoder/text_encoder_encoder_block_0"],
     )
     info["inputs"] = _image_text_inputs(shape, vocab, seq_len)
     return model, info
+
+
+@functools.lru_cache
+def clip():
+    # tokens [cls, 16 patches]; the vision tower's pooled class token goes through vision_pooler/projection.
+    from keras_hub.src.models.clip.clip_text_encoder import CLIPTextEncoder
+    from keras_hub.src.models.clip.clip_vision_encoder import CLIPVisionEncoder
+
+    return _image_text("clip", CLIPVisionEncoder, CLIPTextEncoder, models.CLIPBackbone, 1, projection_dim=16)
 
 
 @functools.lru_cache
 def siglip():
-    keras.utils.set_random_seed(0)
+    # tokens: 16 patches, no class token (pooled by "vision_encoder/vision_encoder_head", attention pooling).
+    # Careful: the embedding layer's *symbolic* output shape says 17 tokens; at run time it is 16.
     from keras_hub.src.models.siglip.siglip_text_encoder import SigLIPTextEncoder
     from keras_hub.src.models.siglip.siglip_vision_encoder import SigLIPVisionEncoder
 
-    shape, vocab, seq_len = (32, 32, 3), 64, 8
-    vision = SigLIPVisionEncoder(8, 16, 1, 2, 32, image_shape=shape, name="vision_encoder")
-    text = SigLIPTextEncoder(vocab, 16, 16, 1, 2, 32, max_sequence_length=seq_len, name="text_encoder")
-    model = models.SigLIPBackbone(vision_encoder=vision, text_encoder=text)
-    info = _info(
-        "siglip",
-        "encoder",
-        shape,
-        output="vision_logits",
-        output_shapes=lambda n: {"vision_logits": (n, n), "text_logits": (n, n)},
-        patch_size=8,
-        num_prefix_tokens=0,
-        grid=(4, 4),
-        vocabulary_size=vocab,
-        sequence_length=seq_len,
-        # tokens: 16 patches, no class token (pooled by "vision_encoder/vision_encoder_head", attention pooling).
-        # Careful: the embedding layer's *symbolic* output shape says 17 tokens; at run time it is 16.
-        feature_layer="vision_encoder/vision_encoder_encoder_block_0",
-        blocks=["vision_encoder/vision_encoder_encoder_block_0"],
-        text_blocks=["text_encoder/text_encoder_encoder_block_0"],
-    )
-    info["inputs"] = _image_text_inputs(shape, vocab, seq_len)
-    return model, info
+    return _image_text("siglip", SigLIPVisionEncoder, SigLIPTextEncoder, models.SigLIPBackbone, 0)
 
 
 # CLIP/SigLIP: model(x) -> {"vision_logits": (n, n), "text_logits": (n, n)}; the (n, 16) embeddings come from
