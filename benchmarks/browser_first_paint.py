@@ -14,9 +14,7 @@ Run: ``PYTHONPATH=. python benchmarks/browser_first_paint.py [--rounds 3]``
 from __future__ import annotations
 
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from browser import Chromium, chromium_path  # noqa: E402
+from browser import Chromium, chromium_path, tensorboard_server  # noqa: E402
 from common import print_rows, row  # noqa: E402
 
 N, METHODS, STEPS, SIZE = 64, ("gradcam", "gradcam++", "layercam", "eigencam"), 20, 64
@@ -59,12 +57,6 @@ def write_logs(logdir: str) -> float:
     return time.perf_counter() - t0
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(url: str, window: str, ready: str, rounds: int) -> list[float]:
     out = []
     for _ in range(rounds):
@@ -86,24 +78,10 @@ def rows(rounds: int = 3) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         logdir = os.path.join(tmp, "logs")
         log_s = write_logs(logdir)
-        port = _port()
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-        proc = subprocess.Popen([sys.executable, "-m", "tfcam.tensorboard.serve", "--logdir", logdir,
-                                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(600):
-                try:
-                    urllib.request.urlopen(base + "/data/plugins_listing", timeout=2).read()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        with tensorboard_server(logdir) as base:
             urllib.request.urlopen(base + "/data/plugin/tfcam/runs").read()  # the first scan (indexing) once
             entry = measure(base + "/data/plugin_entry.html?name=tfcam", "window", "window.tfcamFirstPaint", rounds)
             tab = measure(base + "/#tfcam", FRAME, f"{FRAME} && {FRAME}.tfcamFirstPaint", rounds)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
         t0 = time.perf_counter()
         info = write_report(logdir, os.path.join(tmp, "report.html"))
         report_s = time.perf_counter() - t0

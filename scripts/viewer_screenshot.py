@@ -15,12 +15,9 @@ its mask, and saves a 1400x1000 PNG (quantized to 256 colours when over 400 KB).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,48 +65,6 @@ def train(log_dir: str, epochs: int, seed: int = 0) -> tuple[float, np.ndarray]:
         raise RuntimeError(f"HeatmapCallback failed: {cb.failures}")
     _, acc = model.evaluate(xt, yt, verbose=0, batch_size=128)
     return float(acc), mt[:N_SAMPLES]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_tensorboard(logdir: str, log_path: str) -> tuple[subprocess.Popen, str, object]:
-    """TensorBoard with the tfcam plugin on loopback (as the viewer tests start it); waits until it answers."""
-    port = _free_port()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if any(ep.name == "tfcam" for ep in importlib.metadata.entry_points(group="tensorboard_plugins")):
-        exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-        cmd = [exe, "--logdir", logdir, "--host", "127.0.0.1", "--port", str(port), "--load_fast=false"]
-    else:
-        cmd = [sys.executable, "-m", "tfcam.tensorboard.serve", "--logdir", logdir, "--port", str(port)]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            log.close()
-            raise RuntimeError(f"tensorboard exited: {open(log_path).read()[-3000:]}")
-        try:
-            urllib.request.urlopen(url + "/data/plugins_listing", timeout=2).read()
-            return proc, url, log
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.1)
-    stop(proc)
-    log.close()
-    raise RuntimeError("tensorboard did not answer within 60 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def get(url: str, route: str, **params) -> dict:
@@ -178,6 +133,8 @@ def shrink(path: str) -> None:
 
 
 def main() -> None:
+    from browser import tensorboard_server
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "img", "viewer.png"))
     p.add_argument("--epochs", type=int, default=6)
@@ -188,14 +145,10 @@ def main() -> None:
         logs = os.path.join(tmp, "logs")
         acc, masks = train(os.path.join(logs, "run1"), args.epochs)
         print(f"held-out accuracy {acc:.3f} after {args.epochs} epochs ({time.perf_counter() - t0:.0f} s)")
-        proc, url, log = start_tensorboard(logs, os.path.join(tmp, "tensorboard.log"))
-        try:
+        with tensorboard_server(logs, os.path.join(tmp, "tensorboard.log")) as url:
             _, _, _, n_steps, index = pick_sample(url, masks)
             shot = os.path.join(tmp, "viewer.png")
             screenshot(url, index, n_steps, shot)
-        finally:
-            stop(proc)
-            log.close()
         shrink(shot)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         shutil.copy(shot, args.out)

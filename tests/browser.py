@@ -1,4 +1,5 @@
-"""A headless Chromium driven over the DevTools protocol on a pipe (stdlib only, no websocket package).
+"""A headless Chromium driven over the DevTools protocol on a pipe (stdlib only, no websocket package),
+and ``tensorboard_server``: TensorBoard with the tfcam plugin on loopback.
 
 Chromium's ``--remote-debugging-pipe`` reads JSON commands, each ended by a NUL byte, on
 file descriptor 3 and writes replies and events the same way on descriptor 4. Used by the
@@ -9,16 +10,25 @@ Debian's ``chromium`` package (``make browser`` installs it).
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
+import importlib.metadata
 import json
 import os
 import queue
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -183,3 +193,56 @@ class Chromium:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def entry_point_installed() -> bool:
+    """Whether the installed tfcam registers its plugin through ``tensorboard_plugins``."""
+    return any(ep.name == "tfcam" for ep in importlib.metadata.entry_points(group="tensorboard_plugins"))
+
+
+@contextlib.contextmanager
+def tensorboard_server(logdir: str, log_path: str | None = None) -> Iterator[str]:
+    """TensorBoard with the tfcam plugin on loopback, until the block ends; yields its URL.
+
+    The plain ``tensorboard`` command when the entry point is installed (what users run),
+    else ``python -m tfcam.tensorboard.serve`` (the same server with the plugin added
+    explicitly). Waits until it answers (60 s at most); its output goes to ``log_path``.
+    """
+    port = free_port()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if entry_point_installed():
+        exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+        cmd = [exe, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port), "--load_fast=false"]
+    else:
+        cmd = [sys.executable, "-m", "tfcam.tensorboard.serve", "--logdir", str(logdir), "--port", str(port)]
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                tail = open(log_path).read()[-3000:] if log_path else f"exit code {proc.returncode}"
+                raise RuntimeError(f"tensorboard exited: {tail}")
+            try:
+                urllib.request.urlopen(url + "/data/plugins_listing", timeout=2).read()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("tensorboard did not answer within 60 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        if log_path:
+            log.close()

@@ -10,13 +10,9 @@ The browser tests need Debian's ``chromium`` (``make browser`` installs it; ``.c
 calls it); without it they are skipped with that reason.
 """
 
-import importlib.metadata
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -26,7 +22,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from browser import Chromium, chromium_path
+from browser import Chromium, chromium_path, tensorboard_server
 from conftest import small_cnn
 
 import tfcam
@@ -34,18 +30,7 @@ from tfcam.callbacks import HeatmapCallback
 from tfcam.tensorboard import write_report
 
 pytestmark = pytest.mark.slow
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = "run1/heatmaps"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def entry_point_installed():
-    return any(ep.name == "tfcam" for ep in importlib.metadata.entry_points(group="tensorboard_plugins"))
 
 
 @pytest.fixture(scope="module")
@@ -83,34 +68,8 @@ def logdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(logdir):
-    port = _free_port()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if entry_point_installed():
-        exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-        cmd = [exe, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port), "--load_fast=false"]
-    else:
-        cmd = [sys.executable, "-m", "tfcam.tensorboard.serve", "--logdir", str(logdir), "--port", str(port)]
-    log = open(logdir / "tensorboard.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise RuntimeError(f"tensorboard exited: {open(logdir / 'tensorboard.log').read()[-3000:]}")
-            try:
-                urllib.request.urlopen(url + "/data/plugins_listing", timeout=2).read()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.1)
+    with tensorboard_server(str(logdir), str(logdir / "tensorboard.log")) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
 
 
 def get(url, route, **params):
