@@ -24,16 +24,14 @@ skipped. Windowed attention (Swin: one attention batch per window) and layers wi
 ``flash_attention=True`` (which cannot return scores) are refused with a ``MethodError``;
 so are models without any ``MultiHeadAttention`` (checked before any work).
 
-Prefix tokens and the patch grid (a private helper, to be unified with
-``tfcam.layers.tokens_to_grid``): the grid ``(h, w)`` is read from the patch-embedding
+Prefix tokens and the patch grid: the grid ``(h, w)`` is read from the patch-embedding
 convolution (a ``Conv2D`` whose strides equal its kernel size: ``h = H // s``), otherwise
-it is the largest grid with the input's aspect ratio and integer patch sizes that fits in
-``T`` tokens; ``k = T - h*w`` leading tokens are prefix tokens.
+it is ``tfcam.layers.token_grid``'s (the grid ``reshape="vit"`` uses); ``k = T - h*w``
+leading tokens are prefix tokens.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -127,9 +125,8 @@ def _patch_grid(model: keras.Model, spatial: Sequence[int], tokens: int) -> tupl
     """``(k, h, w)``: prefix tokens and patch grid of ``tokens`` tokens for an input of ``spatial`` size.
 
     The patch-embedding convolution (a ``Conv2D`` with strides == kernel size > 1) gives
-    the grid when one fits; otherwise the largest grid with the input's aspect ratio (and
-    integer patch sizes) that fits in ``tokens``. (Private: to be unified with
-    ``tfcam.layers.tokens_to_grid``.)
+    the grid when one fits; otherwise ``tfcam.layers.token_grid`` (the grid ``reshape="vit"``
+    uses: the largest ``(H // s) x (W // s)`` grid that fits, at most 8 prefix tokens).
 
     Raises:
         MethodError: no grid fits.
@@ -143,20 +140,15 @@ def _patch_grid(model: keras.Model, spatial: Sequence[int], tokens: int) -> tupl
             if 0 < h * w <= tokens and (best is None or h * w > best[0] * best[1]):
                 best = (h, w)
     if best is None:
-        for k in range(tokens):
-            n = tokens - k
-            h = math.isqrt(n * big_h // big_w) if big_w else 0
-            for hh in (h, h + 1):
-                if hh > 0 and n % hh == 0:
-                    ww = n // hh
-                    if hh * big_w == ww * big_h and big_h % hh == 0 and big_w % ww == 0:
-                        best = (hh, ww)
-                        break
-            if best is not None:
-                break
-    if best is None:
-        raise MethodError(f"Cannot lay {tokens} tokens on a patch grid of an input of size {big_h}x{big_w}. "
-                          f"Received: tokens={tokens}")
+        from tfcam.errors import InputError
+        from tfcam.layers import token_grid
+
+        try:
+            h, w, _ = token_grid(tokens, (big_h, big_w))  # the same grid reshape="vit" lays the tokens on
+        except InputError:
+            raise MethodError(f"Cannot lay {tokens} tokens on a patch grid of an input of size {big_h}x{big_w}. "
+                              f"Received: tokens={tokens}") from None
+        best = (h, w)
     return tokens - best[0] * best[1], best[0], best[1]
 
 
